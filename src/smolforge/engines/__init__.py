@@ -1,0 +1,1 @@
+"""Engines: how text is generated; each registers itself in `smolforge.registry.engines`."""

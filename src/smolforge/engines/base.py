@@ -1,0 +1,122 @@
+"""The engine protocol: a batch of requests in, one response per request out.
+
+Every LLM stage talks to an engine through `Engine.generate`; engines own batching
+and concurrency, so stages never loop over prompts one at a time. A failed request
+is a `Response` with `error` set, never an exception that sinks the whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass
+class Request:
+    """One prompt: chat `messages` or a raw `prompt` (no chat template)."""
+
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+    n: int = 1
+    json_schema: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a Request needs exactly one of `messages` or `prompt`")
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters, as recorded in provenance."""
+        d = asdict(self)
+        del d["messages"], d["prompt"]
+        return d
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str = "stop"  # "stop" | "length"
+    tokens: int = 0
+
+
+@dataclass
+class Response:
+    completions: list[Completion] = field(default_factory=list)
+    prompt_tokens: int = 0
+    error: str | None = None
+    cached: bool = False
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.tokens for c in self.completions)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("cached")
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, s: str) -> Response:
+        d = json.loads(s)
+        d["completions"] = [Completion(**c) for c in d["completions"]]
+        return cls(**d, cached=True)
+
+
+OnResponse = Callable[[int, Response], None]
+
+
+class Engine(BaseModel):
+    """Base of all engines. Fields are the engine's configuration (validated from
+    the recipe); runtime state (a loaded model, an HTTP client) lives in private
+    attributes created lazily on first use, so a recipe can be validated without
+    loading anything."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+
+    # Provenance and cache keys depend on these; subclasses set `kind`.
+    kind: ClassVar[str] = "base"
+
+    def identity(self) -> dict[str, Any]:
+        """What determines this engine's outputs (for cache keys and provenance):
+        the kind, the model and, for a local file, its content hash."""
+        return {"kind": self.kind, "model": getattr(self, "model", None)}
+
+    def describe(self) -> dict[str, Any]:
+        """Engine configuration safe to write to a run directory (no secrets)."""
+        return self.model_dump()
+
+    def generate(
+        self, requests: Sequence[Request], on_response: OnResponse | None = None
+    ) -> list[Response]:
+        """Generate for every request; call `on_response(i, response)` as each one
+        finishes (the cache and progress bars hang on it)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release models, threads and connections."""
+
+
+def request_key(identity: dict[str, Any], req: Request) -> str:
+    """Cache key: a hash of everything that determines a response."""
+    payload = {"engine": identity, "messages": req.messages, "prompt": req.prompt}
+    payload.update(req.sampling())
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot serve any request at all (wrong URL, wrong key, server
+    down): stop the run with one clear message instead of rejecting every record."""

@@ -1,0 +1,67 @@
+"""Chat templates as model files ship them: the Jinja text in the GGUF metadata key
+`tokenizer.chat_template`, rendered the way Hugging Face transformers renders it
+(sandboxed Jinja, `trim_blocks`/`lstrip_blocks`, `raise_exception`, `strftime_now`),
+so a prompt built here matches the one the model was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+# Used when a GGUF carries no template: ChatML, which SmolLM2 and many others use.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class _IgnoreGenerationTags(jinja2.ext.Extension):
+    """Pass-through for the `{% generation %}` tag some HF templates use."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> Any:
+        parser.stream.skip(1)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _raise(message: str) -> None:
+    raise ValueError(f"chat template: {message}")
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, **kw: Any) -> str:
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, **kw)
+
+
+class ChatTemplate:
+    """A compiled chat template; `render(messages)` gives the prompt text."""
+
+    def __init__(self, source: str | None, bos_token: str = "", eos_token: str = ""):
+        self.source = source or CHATML
+        env = ImmutableSandboxedEnvironment(
+            loader=jinja2.BaseLoader(),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=[_IgnoreGenerationTags, jinja2.ext.loopcontrols],
+        )
+        env.filters["tojson"] = _tojson
+        self._template = env.from_string(self.source)
+        self.bos_token, self.eos_token = bos_token, eos_token
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        return self._template.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            raise_exception=_raise,
+            strftime_now=lambda f: datetime.now().strftime(f),
+        )

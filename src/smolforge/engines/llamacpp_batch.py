@@ -1,0 +1,387 @@
+"""Continuous batching over llama.cpp's low-level API (llama-cpp-python's ctypes layer).
+
+llama-cpp-python's high-level `Llama` decodes one sequence at a time, which leaves most of
+a CPU's arithmetic idle on a small model. Here every live sequence owns a `seq_id` and one
+`llama_decode` per step advances all of them: one new token per generating sequence plus
+chunks of the prompts of sequences that just joined (batched prefill, as in llama.cpp's
+server). A sequence that finishes frees its KV cells and its seq_id at once, and the next
+waiting prompt takes the slot (continuous batching).
+
+The KV cache is not unified: each seq_id has its own stream of `n_ctx` cells, so attention
+of one sequence never looks at the others' cells (cheaper than one shared cache with masks,
+and a sequence's numbers do not depend on who shares its batch). llama.cpp then groups
+sequences into one compute graph only while their seq_ids are consecutive in the batch, so
+slots are handed out lowest-id first and the batch is laid out in seq_id order.
+
+Sampling runs per sequence through a llama.cpp sampler chain seeded from the request, so a
+sample depends on its own seed only. The `n` samples of one prompt decode the prompt once
+and copy its KV stream to their other seq_ids.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+
+from smolforge.engines.base import Completion, Request
+
+PENALTY_LAST_N = 64  # tokens the repeat penalty looks back over (llama.cpp's default)
+
+
+@dataclass
+class Job:
+    """One request, prepared: its prompt tokens and, for JSON output, its grammar."""
+
+    index: int
+    req: Request
+    tokens: list[int]
+    grammar: str | None = None
+    completions: list[Completion | None] = field(default_factory=list)
+    remaining: int = 0
+    error: str | None = None
+
+
+@dataclass
+class _Group:
+    """Samples of one job that share one prompt prefill (at most `n_parallel` of them)."""
+
+    job: Job
+    samples: list[int]
+    seq_ids: list[int] = field(default_factory=list)
+    cursor: int = 0  # prompt tokens already decoded
+
+
+@dataclass
+class _Seq:
+    """One generating sequence: a sample of a job bound to a seq_id."""
+
+    seq_id: int
+    job: Job
+    sample: int
+    sampler: int  # llama_sampler pointer (a chain owned by this sequence)
+    pos: int  # position at which `token` will be decoded
+    token: int = -1  # last sampled token, decoded at `pos` in the next step
+    n_gen: int = 0
+    text: bytearray = field(default_factory=bytearray)
+    scan_from: int = 0  # characters already searched for stop strings
+
+
+class _Quiet:
+    """llama.cpp writes loading chatter straight to fd 2; hide it while loading."""
+
+    def __enter__(self) -> None:
+        try:
+            self._fd = os.dup(2)
+        except OSError:
+            self._fd = None
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.dup2(self._fd, 2)
+            os.close(self._fd)
+
+
+class BatchedLlama:
+    """A loaded GGUF model with a multi-sequence context and a continuous-batching loop."""
+
+    def __init__(
+        self,
+        path: Path,
+        n_ctx: int,
+        n_parallel: int,
+        n_batch: int,
+        n_threads: int,
+    ):
+        from llama_cpp._logger import set_verbose
+
+        lc.llama_backend_init()
+        set_verbose(False)  # llama.cpp logs errors only (what `Llama(verbose=False)` does)
+        mparams = lc.llama_model_default_params()
+        with _Quiet():
+            self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_parallel = n_parallel
+        self.n_batch = max(n_batch, n_parallel)
+
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx * n_parallel  # llama.cpp splits it evenly over the sequences
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = n_parallel
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        with _Quiet():
+            self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self.n_ctx_seq = lc.llama_n_ctx_seq(self.ctx)
+        self.mem = lc.llama_get_memory(self.ctx)
+
+        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        nb = self.n_batch
+        self._tok = np.ctypeslib.as_array(self.batch.token, shape=(nb,))
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(nb,))
+        self._logits = np.ctypeslib.as_array(self.batch.logits, shape=(nb,))
+        np.ctypeslib.as_array(self.batch.n_seq_id, shape=(nb,))[:] = 1
+        self._seq_id = self.batch.seq_id
+
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.bos = lc.llama_vocab_bos(self.vocab)
+        self.eos = lc.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        self._eog = np.array(
+            [lc.llama_vocab_is_eog(self.vocab, t) for t in range(self.n_vocab)], dtype=bool
+        )
+
+    # ---- vocabulary -------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        raw = text.encode("utf-8")
+        n_max = len(raw) + 8
+        buf = (lc.llama_token * n_max)()
+        n = lc.llama_tokenize(self.vocab, raw, len(raw), buf, n_max, add_special, True)
+        if n < 0:  # buffer too small: -n is the size needed
+            n_max = -n
+            buf = (lc.llama_token * n_max)()
+            n = lc.llama_tokenize(self.vocab, raw, len(raw), buf, n_max, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (memoised: a vocabulary is small, decoding is hot)."""
+        key = token if not special else -1 - token
+        p = self._pieces.get(key)
+        if p is None:
+            n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, special)
+            p = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[key] = p
+        return p
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", "replace")
+
+    def chat_template(self) -> str | None:
+        raw = lc.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8") if raw else None
+
+    # ---- sampling ---------------------------------------------------------------
+
+    def make_sampler(self, job: Job, sample: int) -> int:
+        """The sampler chain of one sample: penalties, grammar, truncation, then either
+        greedy (temperature 0) or a draw seeded by the request seed plus sample index."""
+        req = job.req
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        try:
+            if req.repeat_penalty != 1.0:
+                pen = lc.llama_sampler_init_penalties(PENALTY_LAST_N, req.repeat_penalty, 0.0, 0.0)
+                for t in job.tokens[-PENALTY_LAST_N:]:  # the prompt counts as history
+                    lc.llama_sampler_accept(pen, t)
+                lc.llama_sampler_chain_add(chain, pen)
+            if job.grammar is not None:
+                g = lc.llama_sampler_init_grammar(self.vocab, job.grammar.encode(), b"root")
+                if not g:
+                    raise ValueError("llama.cpp rejected the grammar built from json_schema")
+                lc.llama_sampler_chain_add(chain, g)
+            if req.temperature <= 0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            else:
+                if req.top_k > 0:
+                    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(req.top_k))
+                if req.top_p < 1.0:
+                    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(req.top_p, 1))
+                if req.min_p > 0.0:
+                    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(req.min_p, 1))
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(req.temperature))
+                seed = (req.seed + sample) % 0xFFFFFFFF  # 0xFFFFFFFF means "random" to llama.cpp
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        except BaseException:
+            lc.llama_sampler_free(chain)
+            raise
+        return chain
+
+    def check_grammar(self, grammar: str) -> None:
+        """Fail early (for this request alone) on a grammar llama.cpp cannot parse."""
+        with _Quiet():
+            g = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not g:
+            raise ValueError("llama.cpp rejected the grammar built from json_schema")
+        lc.llama_sampler_free(g)
+
+    # ---- the loop ---------------------------------------------------------------
+
+    def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> None:
+        """Generate every sample of every job; `on_done(job)` as each job completes."""
+        pending: deque[_Group] = deque(self._groups(jobs))
+        free = list(range(self.n_parallel))
+        heapq.heapify(free)
+        prefill: list[_Group] = []
+        live: dict[int, _Seq] = {}
+        mem = self.mem
+
+        def finish(seq: _Seq, reason: str, text: str | None = None) -> None:
+            if text is None:
+                text = seq.text.decode("utf-8", "ignore")
+            job = seq.job
+            job.completions[seq.sample] = Completion(text, reason, seq.n_gen)
+            lc.llama_sampler_free(seq.sampler)
+            lc.llama_memory_seq_rm(mem, seq.seq_id, -1, -1)
+            heapq.heappush(free, seq.seq_id)
+            del live[seq.seq_id]
+            job.remaining -= 1
+            if job.remaining == 0:
+                on_done(job)
+
+        def fail_all(message: str) -> None:
+            for g in prefill:
+                g.job.error = message
+            for seq in list(live.values()):
+                seq.job.error = message
+            failed = {id(g.job): g.job for g in prefill}
+            failed.update({id(s.job): s.job for s in live.values()})
+            lc.llama_memory_clear(mem, True)
+            for s in live.values():
+                lc.llama_sampler_free(s.sampler)
+            live.clear()
+            prefill.clear()
+            free[:] = list(range(self.n_parallel))
+            heapq.heapify(free)
+            for job in failed.values():
+                if job.remaining > 0:
+                    job.remaining = 0
+                    on_done(job)
+
+        while pending or prefill or live:
+            # Admit waiting prompts into free slots, lowest seq_id first.
+            while pending and len(free) >= len(pending[0].samples):
+                g = pending.popleft()
+                if g.job.error is not None:  # an earlier group of this job failed
+                    continue
+                g.seq_ids = [heapq.heappop(free) for _ in g.samples]
+                prefill.append(g)
+
+            # Lay out the batch: one token per live sequence, then prompt chunks.
+            runs: list[tuple[int, list[int], int, bool, object]] = []
+            budget = self.n_batch
+            for seq in live.values():
+                runs.append((seq.seq_id, [seq.token], seq.pos, True, seq))
+            budget -= len(live)
+            for g in prefill:
+                if budget <= 0:
+                    break
+                toks = g.job.tokens[g.cursor : g.cursor + budget]
+                last = g.cursor + len(toks) == len(g.job.tokens)
+                runs.append((g.seq_ids[0], toks, g.cursor, last, g))
+                g.cursor += len(toks)
+                budget -= len(toks)
+            runs.sort(key=lambda r: r[0])
+
+            n = 0
+            outputs: list[tuple[int, object]] = []
+            for seq_id, toks, pos0, want, owner in runs:
+                k = len(toks)
+                self._tok[n : n + k] = toks
+                self._pos[n : n + k] = np.arange(pos0, pos0 + k)
+                self._logits[n : n + k] = 0
+                for i in range(n, n + k):
+                    self._seq_id[i][0] = seq_id
+                n += k
+                if want:
+                    self._logits[n - 1] = 1
+                    outputs.append((n - 1, owner))
+            self.batch.n_tokens = n
+
+            rc = lc.llama_decode(self.ctx, self.batch)
+            if rc != 0:
+                fail_all(f"llama_decode failed with code {rc}")
+                continue
+
+            for idx, owner in outputs:
+                if isinstance(owner, _Group):
+                    prefill.remove(owner)
+                    for sid, sample in self._start(owner, live):
+                        self._step(live[sid], idx, finish)
+                else:
+                    owner.pos += 1
+                    self._step(owner, idx, finish)
+
+    def _groups(self, jobs: list[Job]) -> Iterator[_Group]:
+        for job in jobs:
+            n = job.req.n
+            for start in range(0, n, self.n_parallel):
+                yield _Group(job, list(range(start, min(n, start + self.n_parallel))))
+
+    def _start(self, g: _Group, live: dict[int, _Seq]) -> list[tuple[int, int]]:
+        """Prompt decoded: give every sample its KV (a copy of the first) and sampler."""
+        first = g.seq_ids[0]
+        started = []
+        for sid, sample in zip(g.seq_ids, g.samples):
+            if sid != first:
+                lc.llama_memory_seq_cp(self.mem, first, sid, -1, -1)
+            sampler = self.make_sampler(g.job, sample)
+            live[sid] = _Seq(sid, g.job, sample, sampler, pos=len(g.job.tokens))
+            started.append((sid, sample))
+        return started
+
+    def _step(self, seq: _Seq, idx: int, finish: Callable[..., None]) -> None:
+        """Sample the next token of `seq` from batch row `idx` and decide if it ends."""
+        tok = lc.llama_sampler_sample(seq.sampler, self.ctx, idx)
+        if self._eog[tok]:
+            finish(seq, "stop")
+            return
+        seq.n_gen += 1
+        seq.text += self.piece(tok)
+        stops = seq.job.req.stop
+        if stops:
+            text = seq.text.decode("utf-8", "ignore")
+            cut = _find_stop(text, stops, seq.scan_from)
+            if cut is not None:
+                finish(seq, "stop", text[:cut])
+                return
+            seq.scan_from = max(0, len(text) - max(len(s) for s in stops) + 1)
+        if seq.n_gen >= seq.job.req.max_tokens or seq.pos >= self.n_ctx_seq:
+            finish(seq, "length")
+            return
+        seq.token = tok
+
+    def close(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            lc.llama_batch_free(self.batch)
+            self.batch = None
+        if getattr(self, "ctx", None):
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            lc.llama_model_free(self.model)
+            self.model = None
+
+
+def _find_stop(text: str, stops: list[str], start: int) -> int | None:
+    """Index of the earliest stop string in `text[start:]`, or None."""
+    best = math.inf
+    for s in stops:
+        if s:
+            i = text.find(s, start)
+            if i != -1 and i < best:
+                best = i
+    return None if best == math.inf else int(best)

@@ -1,0 +1,111 @@
+"""`smolforge show`: what a run did, from its manifest, data and rejects."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+_PAREN = re.compile(r"\s*\(.*\)\s*$")
+_QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
+_ID = re.compile(r"\b\w+-\d{6}(?:\.\d+)*\b")
+_NUM = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def reason_group(reason: str) -> str:
+    """Collapse the record-specific parts of a reason (raw answers, trailing
+    details, ids and numbers outside quotes) so that drops group by rule."""
+    head = reason.split(": '", 1)[0].split(': "', 1)[0]
+    head = _PAREN.sub("", head)
+    parts = _QUOTED.split(head)
+    return "".join(
+        p if i % 2 else _NUM.sub("<n>", _ID.sub("<id>", p)) for i, p in enumerate(parts)
+    ).strip()
+
+
+def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    out: dict[str, Any] = {
+        "run": str(run_dir),
+        "recipe": manifest.get("recipe"),
+        "status": manifest.get("status"),
+        "started_at": manifest.get("started_at"),
+        "finished_at": manifest.get("finished_at"),
+        "attempts": len(manifest.get("attempts", [])),
+        "stages": manifest.get("stages", []),
+        "data": manifest.get("data", {}),
+        "engines": [
+            {k: e.get(k) for k in ("type", "model", "base_url") if e.get(k) is not None}
+            for e in manifest.get("engines", [])
+        ],
+    }
+    stages = out["stages"]
+    out["completion_tokens"] = sum(s.get("completion_tokens", 0) for s in stages)
+    llm_secs = sum(s.get("seconds", 0) for s in stages if s.get("completion_tokens"))
+    out["tokens_per_s"] = round(out["completion_tokens"] / llm_secs, 1) if llm_secs else None
+    rej_path = run_dir / "rejects" / "rejects.parquet"
+    groups: Counter = Counter()
+    examples: dict[tuple, str] = {}
+    if rej_path.exists():
+        rej = pq.read_table(rej_path, columns=["stage", "reason"]).to_pylist()
+        for r in rej:
+            key = (r["stage"], reason_group(r["reason"]))
+            groups[key] += 1
+            examples.setdefault(key, r["reason"])
+    out["rejects"] = [
+        {"stage": s, "reason": g, "count": n, "example": examples[(s, g)][:300]}
+        for (s, g), n in groups.most_common()
+    ]
+    data_dir = run_dir / "data"
+    out["samples"] = []
+    if data_dir.exists() and any(data_dir.glob("*.parquet")):
+        table = pq.read_table(data_dir)
+        rows = table.slice(0, samples).to_pylist()
+        for r in rows:
+            r.pop("meta", None)
+        out["samples"] = rows
+        if "text" in table.column_names:
+            out["first_words"] = Counter(
+                " ".join(str(t or "").split()[:5]) for t in table.column("text").to_pylist()
+            ).most_common(5)
+    return out
+
+
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(f"[bold]{summary['recipe']}[/bold]  {summary['run']}  status={summary['status']}"
+                  f"  attempts={summary['attempts']}")
+    t = Table(title="stages", show_lines=False)
+    for col in ("stage", "type", "in", "out", "rejected", "seconds", "tokens", "tok/s", "cached"):
+        t.add_column(col, justify="left" if col in ("stage", "type") else "right")
+    for s in summary["stages"]:
+        t.add_row(
+            s["name"], s["type"], str(s.get("in", "")), str(s.get("out", "")), str(s.get("rejected", "")),
+            f"{s.get('seconds', 0):.1f}", str(s.get("completion_tokens", 0) or ""),
+            str(s.get("tokens_per_s", "") or ""), str(s.get("cache_hits", 0) or ""),
+        )
+    console.print(t)
+    if summary["rejects"]:
+        r = Table(title="rejects by reason")
+        for col in ("stage", "reason", "count", "example"):
+            r.add_column(col, overflow="fold")
+        for g in summary["rejects"][:20]:
+            r.add_row(g["stage"], g["reason"], str(g["count"]), g["example"][:120])
+        console.print(r)
+    if summary.get("first_words"):
+        console.print("most common first five words: " + "; ".join(f"{w!r} x{n}" for w, n in summary["first_words"]))
+    for rec in summary["samples"]:
+        shown = {k: (v[:200] + "…" if isinstance(v, str) and len(v) > 200 else v) for k, v in rec.items()}
+        console.print(shown)
+    console.print(
+        f"data: {summary['data'].get('rows', 0)} rows -> {summary['run']}/data   "
+        f"tokens generated: {summary['completion_tokens']}"
+        + (f" ({summary['tokens_per_s']} tok/s)" if summary["tokens_per_s"] else "")
+    )

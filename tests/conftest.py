@@ -1,0 +1,50 @@
+"""Shared fixtures. Tests run the real bundled model (SmolLM2-135M) with few
+tokens, real files and real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Model-hash memo and any other per-user state stay inside the test session.
+os.environ.setdefault("SMOLFORGE_HOME", str(ROOT / ".pytest_cache" / "smolforge-home"))
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def tiny_recipe(**over) -> dict:
+    """Items -> greedy generate (few tokens) -> filter -> exact dedup."""
+    recipe = {
+        "name": "tiny",
+        "seed": 7,
+        "shard_size": 2,
+        "stages": [
+            {"type": "items", "items": [{"topic": t} for t in
+                                        ["cats", "rivers", "fractions", "stars", "cats", "bread", "rain"]]},
+            {"type": "generate", "template": "Write one sentence about {{ topic }}.",
+             "max_tokens": 8, "temperature": 0.0},
+            {"type": "filter", "where": "words(text) >= 2"},
+            {"type": "dedup", "method": "exact", "column": "text"},
+        ],
+    }
+    recipe.update(over)
+    return recipe
+
+
+def smolforge(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "smolforge.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,92 @@
+"""Crash safety: `kill -9` at random moments, re-run the same command, and the
+result equals an uninterrupted run; finished shards and cached responses are
+never computed again; every input lands exactly once in the data or the rejects."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from conftest import tiny_recipe, write_recipe
+
+TOPICS = ["cats", "rivers", "fractions", "stars", "cats", "bread", "rain", "maps", "glass",
+          "bees", "tides", "salt"]
+
+
+def recipe(tmp_path: Path) -> Path:
+    r = tiny_recipe(name="crash")
+    r["stages"][0]["items"] = [{"topic": t} for t in TOPICS]
+    r["stages"][1]["max_tokens"] = 12
+    return write_recipe(tmp_path / "crash.yaml", r)
+
+
+def start(path: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "smolforge.cli", "run", str(path), "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def done_markers(out: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in (out / "stages").glob("*/shard-*.done")} if (out / "stages").exists() else {}
+
+
+def table(out: Path, sub: str, cols: list[str]) -> list[tuple]:
+    return sorted(tuple(r[c] for c in cols) for r in pq.read_table(out / sub).to_pylist())
+
+
+def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
+    path = recipe(tmp_path)
+    ref = tmp_path / "ref"
+    t0 = time.monotonic()
+    p = start(path, ref)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    duration = time.monotonic() - t0  # kill moments scale with this machine's speed
+
+    out = tmp_path / "crash"
+    rng = random.Random(int(os.environ.get("SMOLFORGE_KILL_SEED", "3")))
+    kills = 0
+    for _ in range(6):
+        before = done_markers(out)
+        p = start(path, out)
+        time.sleep(rng.uniform(0.1, 0.45) * duration)
+        if p.poll() is not None:
+            break
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        kills += 1
+        after = done_markers(out)
+        # a shard finished before this attempt is never written again
+        assert all(after.get(k) == v for k, v in before.items())
+    p = start(path, out)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert kills >= 2
+
+    cols = ["id", "topic", "prompt", "text"]
+    assert table(out, "data", cols) == table(ref, "data", cols)
+    assert table(out, "rejects", ["id", "stage", "reason"]) == table(ref, "rejects", ["id", "stage", "reason"])
+    kept = [r[0] for r in table(out, "data", ["id"])]
+    rejected = [r[0] for r in table(out, "rejects", ["id"])]
+    assert len(kept) == len(set(kept)) and sorted(kept + rejected) == [f"items-{i:06d}" for i in range(len(TOPICS))]
+
+    # Every distinct prompt was cached once; the final attempts reused them.
+    n_cached = sqlite3.connect(out / "cache.sqlite").execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    assert n_cached == len(set(TOPICS))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and len(manifest["attempts"]) >= kills + 1
+    generated = [a["generated"] for a in manifest["attempts"] if a["status"] == "done"]
+    assert generated and generated[-1] <= len(set(TOPICS))
+
+    # Re-running a finished run computes nothing and changes nothing.
+    before = done_markers(out)
+    p = start(path, out)
+    assert p.wait(timeout=120) == 0
+    assert done_markers(out) == before
+    last = json.loads((out / "manifest.json").read_text())["attempts"][-1]
+    assert last["generated"] == 0 and last["status"] == "done"
