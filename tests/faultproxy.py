@@ -164,7 +164,8 @@ class FaultProxy:
             n = len(self.seen)
             attempt = self.attempts[key]
             self.attempts[key] += 1
-            fault = self.rule(n, attempt, body) if (self.rule and request.method == "POST") else None
+            faulty = self.rule is not None and request.method == "POST"
+            fault = self.rule(n, attempt, body) if faulty else None  # type: ignore[misc]
             rec = Seen(n, key, attempt, time.monotonic(), dict(request.headers), body, fault)
             self.seen.append(rec)
         if fault is not None:
@@ -175,11 +176,13 @@ class FaultProxy:
                 return web.Response(status=500)  # never written: the socket is gone
             if fault.kind == "canned":
                 rec.status = 200
+                choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+                if request.path.endswith("/chat/completions"):
+                    choice["message"] = {"role": "assistant", "content": fault.text}
+                else:
+                    choice["text"] = fault.text
                 return web.json_response({
-                    "object": "chat.completion",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": fault.text}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                    "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1},
                 })
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)

@@ -28,6 +28,12 @@ def chat(text: str, **kw) -> Request:
                    **kw)
 
 
+def ask(text: str, **kw) -> Request:
+    """A raw-prompt request: far fewer prompt tokens than a chat one, so the one-at-a-time
+    server stays quick."""
+    return Request(prompt=text, max_tokens=kw.pop("max_tokens", 2), **kw)
+
+
 def engine(base_url: str, **kw) -> OpenAIEngine:
     kw.setdefault("retry_base_delay", 0.05)
     return OpenAIEngine(type="openai", base_url=base_url, model="smollm2", **kw)
@@ -64,8 +70,8 @@ def test_chat_and_completions_against_real_server(llama_server):  # noqa: F811
         assert u["cost_usd"] == pytest.approx((p * 1.0 + c * 2.0) / 1e6)
         # An engine survives pickling (Ray actors) and works on the other side.
         clone = pickle.loads(pickle.dumps(eng))
-        assert clone.generate([chat("Say hello.")])[0].completions[0].text == \
-            out[0].completions[0].text
+        again = clone.generate([Request(prompt="The capital of France is", max_tokens=4)])
+        assert again[0].completions[0].text == out[1].completions[0].text
         clone.close()
     finally:
         eng.close()
@@ -99,8 +105,8 @@ def test_sampling_fields_and_n_fan_out(proxy):
     eng = engine(proxy.url)
     try:
         plain, tuned = eng.generate([
-            chat("plain"),
-            chat("tuned", top_k=5, min_p=0.1, repeat_penalty=1.2, stop=["\n"], n=2,
+            ask("plain"),
+            ask("tuned", top_k=5, min_p=0.1, repeat_penalty=1.2, stop=["\n"], n=2,
                  temperature=0.7, seed=11),
         ])
     finally:
@@ -112,7 +118,8 @@ def test_sampling_fields_and_n_fan_out(proxy):
     (b,) = bodies["plain"]
     assert not {"top_k", "min_p", "repeat_penalty", "repetition_penalty", "n", "stop",
                 "response_format"} & set(b)
-    assert b["temperature"] == 0.0 and b["max_tokens"] == 4 and b["seed"] == 0
+    assert b["temperature"] == 0.0 and b["max_tokens"] == 2 and b["seed"] == 0
+    assert b["prompt"] == "plain" and "messages" not in b
     first = bodies["tuned"][0]
     assert (first["top_k"], first["min_p"], first["repetition_penalty"], first["stop"],
             first["n"], first["temperature"]) == (5, 0.1, 1.2, ["\n"], 2, 0.7)
@@ -137,7 +144,7 @@ def test_faults_every_request_completes_or_fails_once(proxy):
     eng = engine(proxy.url, concurrency=4, timeout=3.0, max_retries=3)
     calls: Counter = Counter()
     try:
-        out = eng.generate([chat(p) for p in prompts],
+        out = eng.generate([ask(p) for p in prompts],
                            on_response=lambda i, r: calls.update([i]))
     finally:
         eng.close()
@@ -181,7 +188,7 @@ def test_api_key_from_named_env_var_sent_as_bearer_never_written(proxy, tmp_path
     eng = engine(proxy.url, api_key_env=KEY_ENV)
     cache = ResponseCache(tmp_path / "cache.sqlite")
     try:
-        (r,) = cached_generate(eng, cache, [chat("key check")], CacheStats())
+        (r,) = cached_generate(eng, cache, [ask("key check")], CacheStats())
         assert r.error is None
     finally:
         eng.close()
@@ -220,14 +227,14 @@ def test_wrong_key_and_missing_key_stop_early(proxy, monkeypatch):
 def test_server_failing_everything_mid_run_stops_the_run(proxy):
     eng = engine(proxy.url, max_retries=0, fail_fast_after=3, concurrency=2)
     try:
-        assert eng.generate([chat("warm")])[0].error is None
+        assert eng.generate([ask("warm")])[0].error is None
         proxy.reset(always(Fault.http(503)))
         with pytest.raises(EngineUnavailable, match="3 requests in a row.*HTTP 503"):
             eng.generate([chat(f"m{i}") for i in range(30)])
         assert len(proxy.seen) < 30
         # A recovered server is usable again by the same engine.
         proxy.reset()
-        assert eng.generate([chat("warm")])[0].error is None
+        assert eng.generate([ask("warm")])[0].error is None
     finally:
         eng.close()
 
@@ -242,3 +249,14 @@ def test_rpm_limit_spaces_requests(proxy):
     assert [r.completions[0].text for r in out] == ["ok"] * 5
     t = sorted(s.t for s in proxy.seen)
     assert t[-1] - t[0] >= 0.39
+
+
+def test_one_broken_request_does_not_sink_the_batch(proxy):
+    proxy.reset(always(Fault.canned("fine")))
+    eng = engine(proxy.url)
+    try:
+        ok, broken = eng.generate([ask("fine"), ask("lone surrogate \ud800")])
+    finally:
+        eng.close()
+    assert ok.completions[0].text == "fine"
+    assert broken.error is not None and "UnicodeEncodeError" in broken.error

@@ -98,5 +98,6 @@ def test_combine_all_and_sampled(tmp_path):
     s = Combine(lists={"topic": "topics.txt", "audience": ["kids", "adults"]}, count=4)
     one, two = list(s.read(ctx(tmp_path, seed=1))), list(s.read(ctx(tmp_path, seed=1)))
     assert one == two and len(one) == 4
-    assert len({tuple(r.values()) for r in one}) == 4  # distinct combinations
+    assert len({(r["topic"], r["audience"]) for r in one}) == 4  # distinct combinations
+    assert one[0]["meta"]["knobs"] == {"topic": one[0]["topic"], "audience": one[0]["audience"]}
     assert one != list(s.read(ctx(tmp_path, seed=2)))  # the seed matters

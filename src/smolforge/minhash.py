@@ -292,14 +292,13 @@ class MinHashLSH:
         self.count += len(texts)
 
     def _consolidate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        for name in ("_keys", "_sigs", "_has"):
-            parts = getattr(self, name)
-            if len(parts) > 1:
-                axis = 1 if name == "_keys" else 0
-                setattr(self, name, [np.concatenate(parts, axis=axis)])
+        """One array each for band keys [bands, n], 16-bit signatures [n, perm], has [n]."""
         if not self._keys:
-            z = np.zeros(0, dtype=np.int64)
-            return z.reshape(self.bands, 0), np.zeros((0, self.bands * self.rows)), z.astype(bool)
+            self.add([])
+        if len(self._keys) > 1:
+            self._keys = [np.concatenate(self._keys, axis=1)]
+            self._sigs = [np.concatenate(self._sigs)]
+            self._has = [np.concatenate(self._has)]
         return self._keys[0], self._sigs[0], self._has[0]
 
     def signatures16(self) -> np.ndarray:

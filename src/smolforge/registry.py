@@ -79,6 +79,12 @@ stages: Registry = Registry(
         "smolforge.stages.langid",
         "smolforge.stages.decontaminate",
         "smolforge.stages.classify",
+        "smolforge.stages.text_filters",
+        "smolforge.stages.chunk",
+        "smolforge.stages.vary",
+        "smolforge.stages.render",
+        "smolforge.stages.real_mix",
+        "smolforge.stages.seeds",
     ],
 )
 

@@ -71,11 +71,22 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
         for r in rows:
             r.pop("meta", None)
         out["samples"] = rows
+        if "meta" in table.column_names:
+            out["knobs"] = knob_distribution(table.column("meta").to_pylist())
         if "text" in table.column_names:
             out["first_words"] = Counter(
                 " ".join(str(t or "").split()[:5]) for t in table.column("text").to_pylist()
             ).most_common(5)
     return out
+
+
+def knob_distribution(metas: list[str | None]) -> dict[str, list[tuple[Any, int]]]:
+    """Counts of each knob value (`meta.knobs`: audience, style, persona, round ...)."""
+    counts: dict[str, Counter] = {}
+    for m in metas:
+        for k, v in (json.loads(m) if m else {}).get("knobs", {}).items():
+            counts.setdefault(k, Counter())[v] += 1
+    return {k: c.most_common(10) for k, c in counts.items()}
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
@@ -99,6 +110,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         for g in summary["rejects"][:20]:
             r.add_row(g["stage"], g["reason"], str(g["count"]), g["example"][:120])
         console.print(r)
+    for knob, values in summary.get("knobs", {}).items():
+        console.print(f"knob {knob}: " + ", ".join(f"{v} x{n}" for v, n in values), markup=False)
     if summary.get("first_words"):
         console.print("most common first five words: " + "; ".join(f"{w!r} x{n}" for w, n in summary["first_words"]))
     for rec in summary["samples"]:

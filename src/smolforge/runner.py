@@ -201,7 +201,7 @@ class Runner:
             if self.limit is not None and n >= self.limit:
                 break
             item["id"] = f"{name}-{n:06d}"
-            item["meta"] = {**meta, "created_at": created}
+            item["meta"] = {**meta, "created_at": created, **item.get("meta", {})}
             kept.append(item)
             n += 1
             if len(kept) == size:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,12 +18,17 @@ def resolve_model_path(model: str) -> Path:
     """A bundled model name or a path to a GGUF file -> the file's path."""
     if model in BUNDLED:
         package, filename = BUNDLED[model]
-        try:
-            path = Path(str(importlib.resources.files(package).joinpath(filename)))
-        except ModuleNotFoundError:
+        # find_spec locates the package without running its __init__, which would
+        # import the whole `llm` CLI (about a second) just to find a file.
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(
-                f"model {model!r} is bundled in the pip package {package!r}, which is not installed"
-            ) from None
+                f"model {model!r} is bundled in the pip package {package.replace('_', '-')!r}, "
+                "which is not installed"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"model {model!r}: {path} is missing from its package")
         return path
     path = Path(os.path.expanduser(model))
     if not path.is_file():

@@ -75,18 +75,19 @@ class LLMStage(MapStage):
         return None
 
     def build_requests(
-        self, batch: list[Record], ctx: StageContext, res: Result
-    ) -> tuple[list[Record], list[Request], list[str]]:
-        """Render every record's prompt; records whose template fails are rejected."""
-        source = self.prompt_source(ctx)
+        self, batch: list[Record], ctx: StageContext, source: str
+    ) -> tuple[list[int], list[Request], list[str], list[tuple[int, str]]]:
+        """Render every record's prompt from `source`. Returns the indexes of the
+        records that rendered, their requests and prompts, and (index, reason) for
+        the records whose template failed."""
         seed = self.seed if self.seed is not None else ctx.seed
-        kept, reqs, prompts = [], [], []
-        for rec in batch:
+        ok, reqs, prompts, failed = [], [], [], []
+        for i, rec in enumerate(batch):
             try:
                 prompt = render(source, rec)
                 system = render(self.system, rec) if self.system else None
             except Exception as e:  # undefined column, bad filter: this record only
-                res.reject(rec, f"template error: {type(e).__name__}: {e}")
+                failed.append((i, f"template error: {type(e).__name__}: {e}"))
                 continue
             if self.raw:
                 req = Request(prompt=prompt)
@@ -101,10 +102,10 @@ class LLMStage(MapStage):
             # Greedy decoding ignores the seed: leave it out so that identical greedy
             # prompts share one cache entry.
             req.seed = derive_seed(seed, rec["id"]) if self.temperature > 0 else 0
-            kept.append(rec)
+            ok.append(i)
             reqs.append(req)
             prompts.append(prompt)
-        return kept, reqs, prompts
+        return ok, reqs, prompts, failed
 
     def provenance(self, engine: Engine, req: Request, resp: Response, ctx: StageContext, source: str) -> dict:
         return {
@@ -131,10 +132,11 @@ class Generate(LLMStage):
 
     def process(self, batch: list[Record], ctx: StageContext) -> Result:
         res = Result()
-        records, reqs, prompts = self.build_requests(batch, ctx, res)
-        if not reqs:
-            return res
         source = self.prompt_source(ctx)
+        ok, reqs, prompts, failed = self.build_requests(batch, ctx, source)
+        for i, reason in failed:
+            res.reject(batch[i], reason)
+        records = [batch[i] for i in ok]
         engines = self.engines(ctx)
         fan_out = self.n * len(engines) > 1
         outputs: dict[int, list[Record]] = {i: [] for i in range(len(records))}

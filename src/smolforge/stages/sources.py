@@ -250,7 +250,7 @@ class Combine(SourceStage):
         total = math.prod(sizes)
         if self.count is None or self.count >= total:
             for combo in product(*(values[n] for n in names)):
-                yield dict(zip(names, combo))
+                yield _with_knobs(dict(zip(names, combo)))
             return
         # Sample indexes of the product space, then decode them (mixed radix), so
         # the product is never materialised.
@@ -259,4 +259,11 @@ class Combine(SourceStage):
             for name, size in zip(reversed(names), reversed(sizes)):
                 index, k = divmod(index, size)
                 rec[name] = values[name][k]
-            yield {n: rec[n] for n in names}
+            yield _with_knobs({n: rec[n] for n in names})
+
+
+def _with_knobs(rec: Record) -> Record:
+    """Record the combination in `meta.knobs`, so `smolforge show` can print the
+    distribution of each knob."""
+    knobs = {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in rec.items()}
+    return {**rec, "meta": {"knobs": knobs}}

@@ -1,0 +1,241 @@
+"""Recipes `textbooks`, `rephrase`, `instructions` and their stages: text_quality,
+chunk, vary, seeds, render, mix_real. The unit tests use real text and the real
+stages; the recipe tests run each recipe end to end through the CLI on the bundled
+model with a few tokens per call (outputs are weak: structure is asserted, not
+quality)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import smolforge
+
+from smolforge.context import EnginePool, StageContext
+from smolforge.recipe import BUILTIN_DIR, load_recipe
+from smolforge.registry import stages
+from smolforge.stages.chunk import chunk_spans, sentence_spans
+from smolforge.stages.text_filters import count_tokens, is_refusal
+
+DOCS = sorted((BUILTIN_DIR / "documents").glob("*.txt"))
+
+
+def ctx(stage: str = "s", seed: int = 1, recipe_dir: Path = BUILTIN_DIR) -> StageContext:
+    return StageContext(recipe_name="t", recipe_dir=recipe_dir, seed=seed, default_engine="llamacpp",
+                        pool=EnginePool(), cache=None, stage_name=stage)
+
+
+def make(type_: str, **fields):
+    return stages.get(type_).model_validate({"type": type_, **fields})
+
+
+# ------------------------------------------------------------- text_quality
+
+
+def test_text_quality_rules_and_reasons():
+    tq = make("text_quality", min_words=3, min_tokens=6)
+    reasons = {t: tq.check({"text": t}) for t in [
+        "", "   ", None, "Two words", "three short words",
+        "I\u2019m sorry, but I can't write that essay for you.",
+        "Sure.\nAs an AI language model, I have no opinion on rivers.",
+        "He said I cannot go, so the river trip waited until June.",
+        "The water cycle moves water between the sea, the air and the land.",
+    ]}
+    assert reasons[""] == reasons["   "] == reasons[None] == "text_quality: empty text (column 'text')"
+    assert reasons["Two words"] == "text_quality: 2 words < 3 (column 'text')"
+    assert reasons["three short words"] == "text_quality: 3 tokens < 6 (column 'text')"
+    assert reasons["I\u2019m sorry, but I can't write that essay for you."] == \
+        "text_quality: refusal \"i'm sorry\" (column 'text')"
+    assert "refusal 'as an ai'" in reasons["Sure.\nAs an AI language model, I have no opinion on rivers."]
+    # a phrase inside a sentence is not a refusal; an ordinary text passes
+    assert reasons["He said I cannot go, so the river trip waited until June."] is None
+    assert reasons["The water cycle moves water between the sea, the air and the land."] is None
+
+
+def test_text_quality_columns_phrases_and_window():
+    tq = make("text_quality", column=["instruction", "response"], extra_refusal_phrases=["No can do"])
+    assert tq.requires() == {"instruction", "response"}
+    assert tq.check({"instruction": "Name a river.", "response": "No can do, friend."}) == \
+        "text_quality: refusal 'no can do' (column 'response')"
+    assert tq.check({"instruction": "Name a river.", "response": ""}) == \
+        "text_quality: empty text (column 'response')"
+    late = "Rivers carry water. " * 20 + "I cannot list them all."
+    assert is_refusal(late) is None and is_refusal(late, window=None) == "i cannot"
+    assert make("text_quality", refusal=False).check({"text": "As an AI, no."}) is None
+    assert count_tokens("Hello, world... it's 3.14!") == 7  # Hello , world ... it's 3.14 !
+
+
+# ------------------------------------------------------------------- chunk
+
+
+def test_sentence_spans_respect_abbreviations_and_paragraphs():
+    text = 'Dr. Smith met J. Doe in the U.S. last May. "Was it fun?" she asked.\n\nyes it was\nreally. 3 cats came.'
+    got = [text[a:b] for a, b in sentence_spans(text)]
+    assert got == ['Dr. Smith met J. Doe in the U.S. last May.', '"Was it fun?" she asked.',
+                   "yes it was\nreally.", "3 cats came."]
+
+
+def test_chunks_end_at_sentences_near_300_tokens_and_cover_the_text():
+    text = "\n\n".join(p.read_text() for p in DOCS[:4])
+    spans = chunk_spans(text, 300, 50)
+    sizes = [count_tokens(text[a:b]) for a, b in spans]
+    assert len(spans) >= 4
+    assert all(s <= 300 for s in sizes[:-1]) and sizes[-1] <= 350 and min(sizes) >= 50
+    assert sum(sizes[:-1]) / (len(sizes) - 1) > 200  # packed, not one sentence per chunk
+    ends = {b for _, b in sentence_spans(text)}
+    starts = {a for a, _ in sentence_spans(text)}
+    assert all(a in starts and b in ends for a, b in spans)  # sentence boundaries
+    words = " ".join(text[a:b] for a, b in spans).split()
+    assert words == text.split()  # nothing lost, nothing repeated
+
+
+def test_chunk_stage_ids_columns_long_sentences_and_empty():
+    st = make("chunk", column="text", output="original", target_tokens=40, min_tokens=10)
+    assert st.removes() == {"text"} and st.provides() == {"original", "chunk_index", "chunk_count"}
+    long_sentence = " ".join(["word"] * 100) + "."
+    res = st.process([
+        {"id": "d-1", "meta": {}, "text": DOCS[0].read_text(), "document": "x"},
+        {"id": "d-2", "meta": {}, "text": long_sentence},
+        {"id": "d-3", "meta": {}, "text": "  "},
+    ], ctx())
+    d1 = [r for r in res.kept if r["id"].startswith("d-1.")]
+    assert [r["id"] for r in d1] == [f"d-1.{k}" for k in range(len(d1))] and len(d1) > 5
+    assert all(r["chunk_count"] == len(d1) and "text" not in r and r["document"] == "x" for r in d1)
+    d2 = [r for r in res.kept if r["id"].startswith("d-2.")]
+    assert [count_tokens(r["original"]) for r in d2] == [40, 40, 21]  # 100 words + "." cut at words
+    assert [(r.record["id"], r.reason) for r in res.rejected] == [("d-3", "chunk: empty text (column 'text')")]
+    one = make("chunk", target_tokens=300).process([{"id": "s", "meta": {}, "text": "One short doc."}], ctx())
+    assert [r["id"] for r in one.kept] == ["s.0"]
+
+
+# --------------------------------------------------------------- vary, seeds
+
+
+def test_vary_samples_per_record_and_fans_out():
+    batch = [{"id": f"r{i}", "meta": {"knobs": {"seeds": "x"}}} for i in range(40)]
+    one = make("vary", lists={"task": ["a", "b", "c"]}).process(batch, ctx())
+    assert [r["id"] for r in one.kept] == [r["id"] for r in batch]
+    assert {r["task"] for r in one.kept} == {"a", "b", "c"}
+    assert all(r["meta"]["knobs"] == {"seeds": "x", "task": r["task"]} for r in one.kept)
+    again = make("vary", lists={"task": ["a", "b", "c"]}).process(batch, ctx())
+    assert [r["task"] for r in again.kept] == [r["task"] for r in one.kept]  # seeded
+    allof = make("vary", lists={"task": ["a", "b"], "n": [1, 2]}, per_record=None).process(batch[:1], ctx())
+    assert [(r["id"], r["task"], r["n"]) for r in allof.kept] == [
+        ("r0.0", "a", 1), ("r0.1", "a", 2), ("r0.2", "b", 1), ("r0.3", "b", 2)]
+
+
+def test_seeds_from_documents_extract_and_topic_mention():
+    st = make("seeds", seeds="documents", lists={"audience": ["kids", "adults"]})
+    recs = list(st.read(ctx()))
+    assert len(recs) == 2 * len(DOCS)
+    for r in recs:
+        assert 500 <= len(r["extract"]) <= 1000 and r["extract"].rstrip()[-1] in '.!?"'
+        assert r["document"] and r["document"] not in r["extract"][:len(r["document"]) + 1]  # title cut
+        assert r["topic"] == (r["document"] if r["topic_mentioned"] else None)
+        assert r["meta"]["knobs"]["topic_mentioned"] == ("yes" if r["topic_mentioned"] else "no")
+    share = sum(r["topic_mentioned"] for r in recs) / len(recs)
+    assert 0.25 < share < 0.75
+    topics = list(make("seeds", lists={"style": ["a", "b"]}, count=5).read(ctx()))
+    assert len(topics) == 5 and all(r["extract"] is None and r["meta"]["knobs"]["seeds"] == "topics" for r in topics)
+
+
+# ---------------------------------------------------------------- mix_real
+
+
+def _synthetic(n_groups: int, per_group: int = 1) -> list[dict]:
+    return [{"id": f"c{g}.{k}", "meta": {"recipe": "r", "generate": {"model": "m"}}, "original": f"orig {g}",
+             "text": f"rephrased {g} {k}", "task": "easy", "document": f"d{g}"}
+            for g in range(n_groups) for k in range(per_group)]
+
+
+def test_mix_real_one_to_one_by_default():
+    res = make("mix_real", carry=["document"]).process(_synthetic(3), ctx())
+    real = [r for r in res.kept if r["source"] == "real"]
+    synth = [r for r in res.kept if r["source"] == "synthetic"]
+    assert len(real) == len(synth) == 3
+    assert real[0] == {"id": "c0.0.real", "meta": {"recipe": "r", "s": {"real_ratio": 1.0, "group_size": 1},
+                                                   "knobs": {"source": "real"}},
+                       "text": "orig 0", "original": "orig 0", "source": "real", "document": "d0"}
+    assert all(r["meta"]["knobs"]["source"] == "synthetic" for r in synth)
+
+
+@pytest.mark.parametrize("ratio, per_group, expect", [(0.0, 1, (0, 0)), (2.0, 1, (400, 400)),
+                                                      (1.0, 2, (400, 400)), (0.5, 1, (70, 130))])
+def test_mix_real_ratio(ratio, per_group, expect):
+    res = make("mix_real", real_ratio=ratio).process(_synthetic(200, per_group), ctx())
+    n_real = sum(r["source"] == "real" for r in res.kept)
+    assert expect[0] <= n_real <= expect[1]
+    ids = [r["id"] for r in res.kept]
+    assert len(ids) == len(set(ids))
+
+
+# -------------------------------------------------------------------- render
+
+
+def test_render_appends_and_rejects_failures():
+    st = make("render", output="text", template_file="rephrase/assemble.j2")
+    res = st.process([
+        {"id": "a", "task": "diverse_qa", "original": "Orig.", "text": "Question: Q? Answer: A."},
+        {"id": "b", "task": "easy", "original": "Orig.", "text": "Easy text."},
+        {"id": "c", "task": "easy", "original": "Orig."},
+    ], ctx())
+    assert [r["text"] for r in res.kept] == ["Orig.\n\nQuestion: Q? Answer: A.", "Easy text."]
+    assert res.rejected[0].record["id"] == "c" and res.rejected[0].reason.startswith("template error")
+
+
+# ------------------------------------------------------ recipes, end to end
+
+TINY = {
+    # every LLM call a few tokens; length floors low enough that some records pass
+    "textbooks": ["stages[0].count=4", "stages[1].max_tokens=12", "stages[2].min_words=4",
+                  "stages[3].max_tokens=8"],
+    "rephrase": ["stages[1].max_chunks=1", "stages[3].max_tokens=12", "stages[4].min_tokens=8"],
+    "instructions": ["stages[1].max_chunks=1", "stages[3].max_tokens=10", "stages[4].min_words=2",
+                     "stages[6].max_tokens=10", "stages[7].min_words=2", "stages[8].max_tokens=8",
+                     "stages[9].max_tokens=10", "stages[10].min_words=2", "stages[12].max_tokens=8",
+                     "stages[13].min_words=1"],
+}
+KNOBS = {"textbooks": {"seeds", "topic", "audience", "style"}, "rephrase": {"task", "source"},
+         "instructions": {"transformation", "skill"}}
+
+
+def test_builtin_recipes_validate_and_textbooks_demo_override():
+    for name in TINY:
+        load_recipe(name, TINY[name])
+    r = load_recipe("textbooks", ["stages[0].count=16", "stages[0].seeds=documents"])
+    assert r.stages[0].count == 16 and r.stages[0].seeds == "documents"
+
+
+@pytest.fixture(scope="module", params=list(TINY))
+def recipe_run(request, tmp_path_factory):
+    name = request.param
+    out = tmp_path_factory.mktemp("catalog") / name
+    args = ["run", name, "--limit", "4", "--out", str(out), "--quiet"]
+    for ov in TINY[name]:
+        args += ["--set", ov]
+    p = smolforge(*args, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    show = smolforge("show", str(out), "--json")
+    assert show.returncode == 0, show.stderr
+    return name, out, json.loads(show.stdout)
+
+
+def test_recipe_runs_with_knobs_and_drop_reasons(recipe_run):
+    name, out, summary = recipe_run
+    assert summary["status"] == "done" and summary["data"]["rows"] > 0
+    assert KNOBS[name] <= set(summary["knobs"]), summary.get("knobs")
+    assert summary["first_words"]
+    # every drop has a reason naming its rule; the LLM stages' outputs went through
+    # text_quality, whose reasons have the documented form
+    assert summary["rejects"], "the tiny budgets are meant to make some outputs too short"
+    known = re.compile(r"^(text_quality: |filter |exact duplicate of |unparsable judge answer|judge score |empty output)")
+    for g in summary["rejects"]:
+        assert known.match(g["example"]), g
+    if name == "rephrase":
+        src = dict(summary["knobs"]["source"])
+        assert src.get("real", 0) == src.get("synthetic", 0) > 0  # 1:1 by default
+    if name == "instructions":
+        row = summary["samples"][0]
+        assert row["prompt"].endswith(row["instruction"]) and row["seed_instruction"] and row["text"]
