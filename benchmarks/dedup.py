@@ -95,24 +95,35 @@ def stdlib_lines() -> list[str]:
 
 
 def plant(text: str, target: float, rng: random.Random, vocab: list[str]) -> tuple[str, float]:
-    """A variant whose shingle Jaccard with `text` is just at or below `target`."""
+    """A variant whose shingle Jaccard with `text` is about `target`.
+
+    Replacing word p breaks the shingles (windows) that cover p, so breaking d of
+    the S windows gives J = (S - d) / (S + d): first isolated words (n windows
+    each), then a run from the start (one more window per word). The exact
+    Jaccard is measured afterwards."""
     words = text.split()
-    base = shingles(text)
-    j = 1.0
-    for _ in range(400):
-        if j <= target + 0.005:
+    n_win = max(1, len(words) - NGRAM + 1)
+    want = round(n_win * (1 - target) / (1 + target))
+    broken: set[int] = set()
+
+    def windows(p: int) -> set[int]:
+        return set(range(max(0, p - NGRAM + 1), min(p, n_win - 1) + 1))
+
+    for p in rng.sample(range(len(words)), len(words)):
+        new = windows(p) - broken
+        if len(broken) + len(new) <= want and len(new) == min(NGRAM, len(windows(p))):
+            broken |= new
+            words[p] = rng.choice(vocab)
+    for p in range(len(words)):
+        if len(broken) >= want:
             break
-        pos = rng.randrange(len(words))
-        old = words[pos]
-        words[pos] = rng.choice(vocab)
-        j_new = jaccard(base, shingles(" ".join(words)))
-        if j_new < target - 0.03:
-            words[pos] = old
-        else:
-            j = j_new
+        new = windows(p) - broken
+        if len(broken) + len(new) <= want:
+            broken |= new
+            words[p] = rng.choice(vocab)
     out = " ".join(w.upper() if rng.random() < 0.05 else w for w in words)
     out = out.replace(".", " .").replace(",", ";")
-    return out, jaccard(base, shingles(out))
+    return out, jaccard(shingles(text), shingles(out))
 
 
 def generate(n_docs: int, short: bool, planted_share: float, seed: int, out_dir: Path) -> dict:

@@ -8,7 +8,7 @@ between the two (which goes first alternates too); the median round counts, and 
 median of the ratios of adjacent rounds is reported beside it. Client CPU time
 (time.process_time, all threads of this process) per request is reported for both.
 
-    python benchmarks/http.py [--requests 3000] [--concurrency 64] [--delay-ms 20]
+    python benchmarks/http.py [--requests 2000] [--rounds 9] [--concurrency 64] [--delay-ms 20]
 
 Prints one JSON object; target: requests/s ratio >= 0.95.
 """
@@ -25,6 +25,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import socket  # noqa: E402
@@ -110,6 +111,7 @@ def run_smolforge(url: str, texts: list[str], concurrency: int) -> list[str]:
 
 
 def measure(fn, url: str, texts: list[str], concurrency: int) -> dict[str, float]:
+    gc.collect()  # neither client pays for the other's garbage
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn(url, texts, concurrency)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -119,10 +121,10 @@ def measure(fn, url: str, texts: list[str], concurrency: int) -> dict[str, float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--delay-ms", type=float, default=20.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
 
     port = free_port()
@@ -154,6 +156,7 @@ def main() -> None:
             "rps": round(statistics.median(r["rps"] for r in rs), 1),
             "cpu_ms_per_request": round(statistics.median(r["cpu_ms_per_request"] for r in rs), 4),
             "rounds_rps": [round(r["rps"], 1) for r in rs],
+            "rounds_cpu_ms": [round(r["cpu_ms_per_request"], 4) for r in rs],
         }
 
     bare, sf = summary(rounds["bare"]), summary(rounds["smolforge"])

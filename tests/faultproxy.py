@@ -27,7 +27,7 @@ from aiohttp import web
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "status" | "drop" | "slow" | "canned"
+    kind: str  # "status" | "drop" | "slow" | "canned" | "raw"
     status: int = 500
     retry_after: str | None = None
     delay: float = 0.0
@@ -46,6 +46,11 @@ class Fault:
     def slow(cls, delay: float) -> Fault:
         """Answer only after `delay` seconds (past the client's timeout), never upstream."""
         return cls("slow", delay=delay)
+
+    @classmethod
+    def raw(cls, status: int, body: str) -> Fault:
+        """Answer `body` verbatim (a malformed answer), without the upstream."""
+        return cls("raw", status=status, text=body)
 
     @classmethod
     def canned(cls, text: str) -> Fault:
@@ -174,6 +179,10 @@ class FaultProxy:
                 request.transport.abort()
                 rec.status = None
                 return web.Response(status=500)  # never written: the socket is gone
+            if fault.kind == "raw":
+                rec.status = fault.status
+                return web.Response(status=fault.status, text=fault.text,
+                                    content_type="application/json")
             if fault.kind == "canned":
                 rec.status = 200
                 choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}

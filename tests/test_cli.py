@@ -21,11 +21,12 @@ def test_textbooks_recipe_is_valid_and_diverse():
     r = load_recipe("textbooks")
     ctx = StageContext(recipe_name=r.name, recipe_dir=r.base_dir, seed=r.seed, default_engine=r.engine,
                        pool=EnginePool(), cache=None, stage_name="combine")
-    values = r.stages[0].values(ctx)
-    assert len(values["topic"]) >= 60
-    assert set(values["audience"]) == {"young children", "middle school students", "college students", "professionals"}
-    assert len(values["format"]) == 4
-    assert [s.type for s in r.stages] == ["combine", "generate", "judge", "filter", "dedup"]
+    seeds = r.stages[0]
+    topics = [t for t in ctx.resolve_path(seeds.topics).read_text().splitlines() if t and not t.startswith("#")]
+    assert len(topics) >= 60
+    assert set(seeds.lists["audience"]) == {"young children", "middle school students", "college students", "professionals"}
+    assert {"textbook (academic)", "blog post", "wikiHow", "children's story"} <= set(seeds.lists["style"])
+    assert [s.type for s in r.stages] == ["seeds", "generate", "text_quality", "judge", "filter", "dedup"]
 
 
 def test_dry_run_estimates_without_writing(tmp_path):

@@ -252,11 +252,14 @@ def test_rpm_limit_spaces_requests(proxy):
 
 
 def test_one_broken_request_does_not_sink_the_batch(proxy):
-    proxy.reset(always(Fault.canned("fine")))
+    proxy.reset(lambda n, a, body: Fault.raw(200, '{"choices": ["not an object"]}')
+                if body["prompt"] == "broken" else Fault.canned("fine"))
     eng = engine(proxy.url)
     try:
-        ok, broken = eng.generate([ask("fine"), ask("lone surrogate \ud800")])
+        ok, broken, unsendable = eng.generate(
+            [ask("fine"), ask("broken"), ask("x", json_schema={"enum": {1, 2}})])
     finally:
         eng.close()
     assert ok.completions[0].text == "fine"
-    assert broken.error is not None and "UnicodeEncodeError" in broken.error
+    assert broken.error is not None and "AttributeError" in broken.error
+    assert unsendable.error is not None and "not JSON serializable" in unsendable.error

@@ -7,7 +7,6 @@ quality)."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -186,37 +185,60 @@ def test_render_appends_and_rejects_failures():
 
 
 # ------------------------------------------------------ recipes, end to end
+#
+# Each recipe runs through the CLI on the bundled model, on two identical short
+# seed documents (a user's own documents, next to a copy of the recipe). With greedy decoding and one value per
+# list, the two copies give identical outputs, so exact dedup must drop one: a
+# drop reason that does not depend on what the small model writes. Every LLM call
+# gets a few tokens and the length floors are low, so that records reach the end.
 
+GREEDY = "temperature=0"
+# repeat_penalty 1.0: the embedded engine's penalty sampler fails under the current
+# llama-cpp-python binding (being fixed in engines/); drop these once it works.
+NO_PENALTY = {"textbooks": ["stages[1].repeat_penalty=1.0"], "rephrase": ["stages[3].repeat_penalty=1.0"],
+              "instructions": ["stages[3].repeat_penalty=1.0"]}
 TINY = {
-    # every LLM call a few tokens; length floors low enough that some records pass
-    "textbooks": ["stages[0].count=4", "stages[1].max_tokens=12", "stages[2].min_words=4",
-                  "stages[3].max_tokens=8"],
-    "rephrase": ["stages[1].max_chunks=1", "stages[3].max_tokens=12", "stages[4].min_tokens=8"],
-    "instructions": ["stages[1].max_chunks=1", "stages[3].max_tokens=10", "stages[4].min_words=2",
-                     "stages[6].max_tokens=10", "stages[7].min_words=2", "stages[8].max_tokens=8",
-                     "stages[9].max_tokens=10", "stages[10].min_words=2", "stages[12].max_tokens=8",
-                     "stages[13].min_words=1"],
+    "textbooks": ["stages[0].seeds=documents", "stages[0].documents=docs/*.txt", "stages[0].mention_topic=0",
+                  "stages[0].lists.audience=[middle school students]", "stages[0].lists.style=[blog post]",
+                  f"stages[1].{GREEDY}", "stages[1].max_tokens=10", "stages[2].min_words=2",
+                  "stages[3].max_tokens=6", "stages[3].on_fail=keep",
+                  "stages[4].where=is_null(edu_score) or edu_score >= 3"],
+    "rephrase": ["stages[0].path=docs/*.txt", "stages[2].lists.task=[wikipedia]", f"stages[3].{GREEDY}",
+                 "stages[3].max_tokens=10", "stages[4].min_tokens=2"],
+    "instructions": ["stages[0].path=docs/*.txt", "stages[2].lists.transformation=[set of notes]",
+                     "stages[5].lists.skill=[summarisation]", "stages[4].min_words=2",
+                     "stages[7].min_words=2", "stages[10].min_words=2", "stages[13].min_words=1",
+                     *(f"stages[{i}].{GREEDY}" for i in (3, 6, 8, 9, 12)),
+                     *(f"stages[{i}].max_tokens=8" for i in (3, 6, 8, 9, 12))],
 }
-KNOBS = {"textbooks": {"seeds", "topic", "audience", "style"}, "rephrase": {"task", "source"},
+KNOBS = {"textbooks": {"seeds", "audience", "style", "topic_mentioned"}, "rephrase": {"task", "source"},
          "instructions": {"transformation", "skill"}}
 
 
 def test_builtin_recipes_validate_and_textbooks_demo_override():
     for name in TINY:
         load_recipe(name, TINY[name])
-    r = load_recipe("textbooks", ["stages[0].count=16", "stages[0].seeds=documents"])
-    assert r.stages[0].count == 16 and r.stages[0].seeds == "documents"
+    r = load_recipe("textbooks", ["stages[0].count=16"])  # `make demo` uses this override
+    assert r.stages[0].count == 16 and r.stages[0].seeds == "topics"
 
 
 @pytest.fixture(scope="module", params=list(TINY))
 def recipe_run(request, tmp_path_factory):
     name = request.param
-    out = tmp_path_factory.mktemp("catalog") / name
-    args = ["run", name, "--limit", "4", "--out", str(out), "--quiet"]
-    for ov in TINY[name]:
+    work = tmp_path_factory.mktemp(name)
+    (work / "docs").mkdir()
+    for src, dst in [(DOCS[0], "a.txt"), (DOCS[0], "b.txt")]:
+        title, body = src.read_text().split("\n\n", 1)
+        (work / "docs" / dst).write_text(f"{title}\n\n{body[:300].rsplit('. ', 1)[0]}.\n")
+    recipe = work / f"{name}.yaml"  # a copy next to the docs, as a user would make it
+    recipe.write_text((BUILTIN_DIR / f"{name}.yaml").read_text())
+    (work / name).symlink_to(BUILTIN_DIR / name)
+    out = work / "run"
+    args = ["run", str(recipe), "--out", str(out), "--quiet"]
+    for ov in TINY[name] + NO_PENALTY[name]:
         args += ["--set", ov]
-    p = smolforge(*args, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
+    p = smolforge(*args, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
     show = smolforge("show", str(out), "--json")
     assert show.returncode == 0, show.stderr
     return name, out, json.loads(show.stdout)
@@ -224,18 +246,18 @@ def recipe_run(request, tmp_path_factory):
 
 def test_recipe_runs_with_knobs_and_drop_reasons(recipe_run):
     name, out, summary = recipe_run
-    assert summary["status"] == "done" and summary["data"]["rows"] > 0
+    assert summary["status"] == "done"
+    synthetic = 1  # two documents, one an exact copy of the other
+    rows = summary["data"]["rows"]
+    assert rows == (2 * synthetic if name == "rephrase" else synthetic), summary["rejects"]
     assert KNOBS[name] <= set(summary["knobs"]), summary.get("knobs")
     assert summary["first_words"]
-    # every drop has a reason naming its rule; the LLM stages' outputs went through
-    # text_quality, whose reasons have the documented form
-    assert summary["rejects"], "the tiny budgets are meant to make some outputs too short"
-    known = re.compile(r"^(text_quality: |filter |exact duplicate of |unparsable judge answer|judge score |empty output)")
-    for g in summary["rejects"]:
-        assert known.match(g["example"]), g
+    dups = [g for g in summary["rejects"] if g["stage"] == "dedup"]
+    assert [(g["reason"], g["count"]) for g in dups] == [("exact duplicate of <id>", 1)]
     if name == "rephrase":
-        src = dict(summary["knobs"]["source"])
-        assert src.get("real", 0) == src.get("synthetic", 0) > 0  # 1:1 by default
+        assert dict(summary["knobs"]["source"]) == {"real": 1, "synthetic": 1}  # 1:1 by default
+    if name == "textbooks":
+        assert dict(summary["knobs"]["topic_mentioned"]) == {"no": 1}
     if name == "instructions":
         row = summary["samples"][0]
         assert row["prompt"].endswith(row["instruction"]) and row["seed_instruction"] and row["text"]

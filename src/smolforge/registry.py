@@ -85,6 +85,9 @@ stages: Registry = Registry(
         "smolforge.stages.render",
         "smolforge.stages.real_mix",
         "smolforge.stages.seeds",
+        "smolforge.stages.personas",
+        "smolforge.stages.instruct",
+        "smolforge.stages.magpie",
     ],
 )
 

@@ -52,13 +52,21 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     out["tokens_per_s"] = round(out["completion_tokens"] / llm_secs, 1) if llm_secs else None
     rej_path = run_dir / "rejects" / "rejects.parquet"
     groups: Counter = Counter()
+    leaks: Counter = Counter()
     examples: dict[tuple, str] = {}
     if rej_path.exists():
         rej = pq.read_table(rej_path, columns=["stage", "reason"]).to_pylist()
         for r in rej:
-            key = (r["stage"], reason_group(r["reason"]))
+            if r["reason"].startswith("contaminated: "):
+                # one group per benchmark, whatever the item ids look like
+                bench = r["reason"][len("contaminated: "):].split(" item ", 1)[0]
+                key = (r["stage"], f"contaminated: {bench}")
+                leaks[bench] += 1
+            else:
+                key = (r["stage"], reason_group(r["reason"]))
             groups[key] += 1
             examples.setdefault(key, r["reason"])
+    out["contamination"] = dict(leaks)
     out["rejects"] = [
         {"stage": s, "reason": g, "count": n, "example": examples[(s, g)][:300]}
         for (s, g), n in groups.most_common()
@@ -110,6 +118,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         for g in summary["rejects"][:20]:
             r.add_row(g["stage"], g["reason"], str(g["count"]), g["example"][:120])
         console.print(r)
+    if summary.get("contamination"):
+        console.print("removed per benchmark: " + ", ".join(f"{b} x{n}" for b, n in summary["contamination"].items()))
     for knob, values in summary.get("knobs", {}).items():
         console.print(f"knob {knob}: " + ", ".join(f"{v} x{n}" for v, n in values), markup=False)
     if summary.get("first_words"):

@@ -273,6 +273,8 @@ class Runner:
         out = []
         for e in self.pool._engines.values():
             d = e.describe()
+            if (usage := e.usage()) is not None:
+                d["usage"] = usage
             try:
                 d["identity"] = e.identity()
             except Exception as exc:  # e.g. a model file that went missing

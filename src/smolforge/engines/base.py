@@ -105,6 +105,10 @@ class Engine(BaseModel):
         finishes (the cache and progress bars hang on it)."""
         raise NotImplementedError
 
+    def usage(self) -> dict[str, Any] | None:
+        """Requests, tokens and cost so far, for the manifest (None: not tracked)."""
+        return None
+
     def close(self) -> None:
         """Release models, threads and connections."""
 

@@ -92,7 +92,7 @@ class LlamaCppEngine(Engine):
                 job.tokens = rt.tokenize(text, add_special=add_bos)
             else:
                 job.tokens = rt.tokenize(req.prompt or "", add_special=True)
-            n_tok, n_ctx = len(job.tokens), rt.n_ctx_seq
+            n_tok, n_ctx = len(job.tokens), rt.max_ctx
             if n_tok == 0:
                 raise ValueError("prompt is empty (0 tokens)")
             if n_tok >= n_ctx:

@@ -116,25 +116,12 @@ class BatchedLlama:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-        self.n_parallel = n_parallel
+        self.max_ctx = n_ctx
+        self.max_parallel = n_parallel
         self.n_batch = max(n_batch, n_parallel)
-
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx = n_ctx * n_parallel  # llama.cpp splits it evenly over the sequences
-        cparams.n_batch = self.n_batch
-        cparams.n_ubatch = self.n_batch
-        cparams.n_seq_max = n_parallel
-        cparams.n_threads = n_threads
-        cparams.n_threads_batch = n_threads
-        cparams.kv_unified = False
-        cparams.no_perf = True
-        with _Quiet():
-            self.ctx = lc.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            lc.llama_model_free(self.model)
-            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
-        self.n_ctx_seq = lc.llama_n_ctx_seq(self.ctx)
-        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_threads = n_threads
+        self.ctx = None
+        self.n_parallel = self.n_ctx_seq = 0
 
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         nb = self.n_batch
@@ -152,6 +139,38 @@ class BatchedLlama:
         self._eog = np.array(
             [lc.llama_vocab_is_eog(self.vocab, t) for t in range(self.n_vocab)], dtype=bool
         )
+
+    def ensure_context(self, n_seq: int, n_ctx_seq: int) -> None:
+        """Size the context to what a batch needs: `n_seq` sequences of `n_ctx_seq` cells
+        (at most `max_parallel` and `max_ctx`). It only grows; a KV cache sized to the work
+        keeps memory low without costing speed, since attention only reads used cells."""
+        n_seq = min(max(n_seq, self.n_parallel, 1), self.max_parallel)
+        n_ctx_seq = min(max(n_ctx_seq, self.n_ctx_seq, 1), self.max_ctx)
+        n_ctx_seq = -(-n_ctx_seq // 256) * 256  # llama.cpp pads each stream to 256 cells
+        if self.ctx and n_seq <= self.n_parallel and n_ctx_seq <= self.n_ctx_seq:
+            return
+        if self.ctx:
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx_seq * n_seq  # split evenly: one stream of cells per sequence
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = n_seq
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise RuntimeError(
+                f"llama.cpp could not create a context of {n_seq} x {n_ctx_seq} tokens "
+                "(out of memory? lower n_parallel or n_ctx)"
+            )
+        self.n_parallel = lc.llama_n_seq_max(self.ctx)
+        self.n_ctx_seq = lc.llama_n_ctx_seq(self.ctx)
+        self.pos_limit = min(self.n_ctx_seq, self.max_ctx)  # positions a sequence may use
+        self.mem = lc.llama_get_memory(self.ctx)
 
     # ---- vocabulary -------------------------------------------------------------
 
@@ -232,6 +251,11 @@ class BatchedLlama:
 
     def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> None:
         """Generate every sample of every job; `on_done(job)` as each job completes."""
+        if not jobs:
+            return
+        self.ensure_context(
+            sum(j.req.n for j in jobs), max(len(j.tokens) + j.req.max_tokens for j in jobs)
+        )
         pending: deque[_Group] = deque(self._groups(jobs))
         free = list(range(self.n_parallel))
         heapq.heapify(free)
@@ -359,7 +383,7 @@ class BatchedLlama:
                 finish(seq, "stop", text[:cut])
                 return
             seq.scan_from = max(0, len(text) - max(len(s) for s in stops) + 1)
-        if seq.n_gen >= seq.job.req.max_tokens or seq.pos >= self.n_ctx_seq:
+        if seq.n_gen >= seq.job.req.max_tokens or seq.pos >= self.pos_limit:
             finish(seq, "length")
             return
         seq.token = tok

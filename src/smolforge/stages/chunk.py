@@ -11,7 +11,8 @@ shorter than `min_tokens` is merged into the one before it (so a chunk may reach
 breaks inside it are kept.
 
 Each chunk becomes a record `<id>.<k>` (k from 0, even for a one-chunk document,
-so ids do not depend on length) with columns `chunk_index` and `chunk_count`. An
+so ids do not depend on length) with columns `chunk_index` and `chunk_count` (the
+document's number of chunks, before `max_chunks` keeps the first ones). An
 empty document is rejected. Tokens are counted as in `text_quality` (words and
 punctuation runs, no model tokenizer).
 """
@@ -146,10 +147,8 @@ class Chunk(MapStage):
                 res.reject(rec, f"chunk: empty text (column {self.column!r})")
                 continue
             spans = chunk_spans(text, self.target_tokens, self.min_tokens)
-            if self.max_chunks is not None:
-                spans = spans[: self.max_chunks]
             base = {k: v for k, v in rec.items() if k != self.column}
-            for k, (a, b) in enumerate(spans):
+            for k, (a, b) in enumerate(spans[: self.max_chunks]):
                 res.keep({
                     **base,
                     "id": f"{rec['id']}.{k}",

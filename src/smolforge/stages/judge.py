@@ -37,7 +37,7 @@ from smolforge.stages.base import Record, Result
 from smolforge.stages.generate import LLMStage
 from smolforge.templates import variables
 
-DEFAULT_SCORE_PATTERN = r"score\s*(?:is|of|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)"
+DEFAULT_SCORE_PATTERN = r"score\"?\s*(?:is|of|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)"
 RUBRIC_DIR = Path(str(resources.files("smolforge") / "rubrics"))
 
 
@@ -107,6 +107,7 @@ class Judge(LLMStage):
     max_chars: int | None = Field(None, ge=1, description="`max_chars` in the rubric (default: the rubric's)")
     score_pattern: str | None = Field(None, description="regex, group 1 = score, last match wins")
     structured: bool = Field(False, description="constrain the answer to JSON {justification, score}")
+    justify: bool = Field(True, description="structured: ask for a justification (<= 300 chars) before the score")
     sample_rate: float = Field(
         1.0, gt=0, le=1,
         description="judge only this share of records (chosen by a hash of the id and the seed); "
@@ -193,14 +194,11 @@ class Judge(LLMStage):
         if not self.structured:
             return None
         _, lo, hi, _, _ = self.settings(None)
-        return {
-            "type": "object",
-            "properties": {
-                "justification": {"type": "string"},
-                "score": {"type": "integer", "enum": list(range(int(lo), int(hi) + 1))},
-            },
-            "required": ["justification", "score"],
-        }
+        props: dict[str, Any] = {}
+        if self.justify:  # reasoning first, then the score; bounded so answers fit max_tokens
+            props["justification"] = {"type": "string", "maxLength": 300}
+        props["score"] = {"type": "integer", "enum": list(range(int(lo), int(hi) + 1))}
+        return {"type": "object", "properties": props, "required": list(props)}
 
     # -- the work
 

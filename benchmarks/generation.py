@@ -1,0 +1,210 @@
+"""Generation throughput on the bundled SmolLM2-135M: smolforge's `llamacpp` engine against
+(a) a loop over llama-cpp-python's high-level `Llama.create_chat_completion` (how other
+tools call llama.cpp) and (b) a minimal low-level batched decode written here (the ceiling:
+every prompt in its own seq_id, one `llama_decode` per step, greedy argmax, no extras).
+
+All three decode the same chat prompts greedily, up to `--tokens` new tokens each (a
+sequence stops early at an end-of-generation token). Model loading is not timed. Prints
+JSON with tokens/s of each and the ratios c/a and c/b (targets: >= 1.6 and >= 0.95).
+
+    python benchmarks/generation.py                      # 64 prompts x 128 tokens
+    python benchmarks/generation.py --prompts 8 --tokens 16   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import time
+
+import llama_cpp as lc
+import numpy as np
+from llama_cpp import Llama
+
+from smolforge.engines.base import Request
+from smolforge.engines.chat_template import ChatTemplate
+from smolforge.engines.llamacpp import LlamaCppEngine, _cores
+from smolforge.engines.models import resolve_model_path
+
+TOPICS = [
+    "photosynthesis", "the water cycle", "prime numbers", "black holes", "the Roman empire",
+    "volcanoes", "honey bees", "the French revolution", "plate tectonics", "vaccines",
+    "the stock market", "recursion", "climate change", "the human heart", "rainbows",
+    "electricity", "the printing press", "tides", "DNA", "friction",
+]
+TASKS = [
+    "Explain {} to a ten-year-old.",
+    "Write a short paragraph about {}.",
+    "List three facts about {}.",
+    "Why does {} matter? Answer briefly.",
+]
+
+
+def prompts(n: int) -> list[list[dict[str, str]]]:
+    out = []
+    for i in range(n):
+        task, topic = TASKS[i % len(TASKS)], TOPICS[(i // len(TASKS)) % len(TOPICS)]
+        suffix = "" if i < len(TASKS) * len(TOPICS) else f" (variant {i})"
+        out.append([{"role": "user", "content": task.format(topic) + suffix}])
+    return out
+
+
+def run_highlevel(path: str, chats: list, max_tokens: int, threads: int) -> tuple[int, float, list]:
+    llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
+    llm.create_chat_completion(messages=chats[0], max_tokens=2, temperature=0)  # warm-up
+    n, texts = 0, []
+    t0 = time.perf_counter()
+    for chat in chats:
+        out = llm.create_chat_completion(messages=chat, max_tokens=max_tokens, temperature=0)
+        n += out["usage"]["completion_tokens"]
+        texts.append(out["choices"][0]["message"]["content"])
+    dt = time.perf_counter() - t0
+    llm.close()
+    return n, dt, texts
+
+
+def run_ceiling(path: str, chats: list, max_tokens: int, threads: int, parallel: int
+                ) -> tuple[int, float, list]:
+    """The least a batched decode must do: no scheduler, no samplers, no stop strings."""
+    model = lc.llama_model_load_from_file(path.encode(), lc.llama_model_default_params())
+    vocab = lc.llama_model_get_vocab(model)
+    n_vocab = lc.llama_vocab_n_tokens(vocab)
+    tmpl = ChatTemplate(lc.llama_model_chat_template(model, None).decode())
+    toks = []
+    for chat in chats:
+        raw = tmpl.render(chat).encode()
+        buf = (lc.llama_token * (len(raw) + 8))()
+        k = lc.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, True)
+        toks.append(list(buf[:k]))
+    per_seq = max(len(t) for t in toks) + max_tokens + 1
+    cp = lc.llama_context_default_params()
+    cp.n_ctx, cp.n_seq_max, cp.kv_unified = per_seq * parallel, parallel, False
+    cp.n_batch = cp.n_ubatch = max(512, parallel)
+    cp.n_threads = cp.n_threads_batch = threads
+    ctx = lc.llama_init_from_model(model, cp)
+    mem = lc.llama_get_memory(ctx)
+    batch = lc.llama_batch_init(cp.n_batch, 0, 1)
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> None:
+        for i, (tok, pos, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+        batch.n_tokens = len(entries)
+        assert lc.llama_decode(ctx, batch) == 0
+
+    def argmax(i: int) -> int:
+        row = lc.llama_get_logits_ith(ctx, i)
+        return int(np.ctypeslib.as_array(row, shape=(n_vocab,)).argmax())
+
+    n_gen, texts = 0, [b""] * len(chats)
+    t0 = time.perf_counter()
+    for start in range(0, len(chats), parallel):
+        group = list(range(start, min(len(chats), start + parallel)))
+        entries: list[tuple[int, int, int, bool]] = []
+        nxt: dict[int, int] = {}  # seq -> token to decode next
+
+        def flush() -> None:
+            decode(entries)
+            nxt.update({e[2]: argmax(i) for i, e in enumerate(entries) if e[3]})
+            entries.clear()
+
+        for s, j in enumerate(group):  # prefill every prompt, n_batch tokens per decode
+            for p, t in enumerate(toks[j]):
+                entries.append((t, p, s, p == len(toks[j]) - 1))
+                if len(entries) == cp.n_batch:
+                    flush()
+        if entries:
+            flush()
+        pos = {s: len(toks[group[s]]) for s in nxt}
+        count = dict.fromkeys(nxt, 0)
+        while nxt:
+            live = sorted(s for s, t in nxt.items() if not lc.llama_vocab_is_eog(vocab, t))
+            for s in list(nxt):
+                if s not in live:
+                    del nxt[s]
+            for s in live:
+                count[s] += 1
+                texts[group[s]] += _piece(vocab, nxt[s])
+            live = [s for s in live if count[s] < max_tokens]
+            nxt = {s: nxt[s] for s in live}
+            if not live:
+                break
+            decode([(nxt[s], pos[s], s, True) for s in live])
+            for i, s in enumerate(live):
+                pos[s] += 1
+                nxt[s] = argmax(i)
+        n_gen += sum(count.values())
+        lc.llama_memory_clear(mem, True)
+    dt = time.perf_counter() - t0
+    lc.llama_batch_free(batch)
+    lc.llama_free(ctx)
+    lc.llama_model_free(model)
+    return n_gen, dt, [t.decode("utf-8", "ignore") for t in texts]
+
+
+def _piece(vocab: int, tok: int) -> bytes:
+    buf = ctypes.create_string_buffer(64)
+    n = lc.llama_token_to_piece(vocab, tok, buf, 64, 0, False)
+    return buf.raw[:n]
+
+
+def run_engine(chats: list, max_tokens: int, threads: int, parallel: int | None
+               ) -> tuple[int, float, list]:
+    kw = {"n_parallel": parallel} if parallel else {}
+    eng = LlamaCppEngine(n_threads=threads, **kw)
+    eng.generate([Request(messages=chats[0], max_tokens=2)])  # load + warm-up
+    reqs = [Request(messages=c, max_tokens=max_tokens, temperature=0.0) for c in chats]
+    t0 = time.perf_counter()
+    out = eng.generate(reqs)
+    dt = time.perf_counter() - t0
+    eng.close()
+    assert all(r.error is None for r in out), [r.error for r in out if r.error]
+    return sum(r.completion_tokens for r in out), dt, [r.completions[0].text for r in out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=_cores())
+    ap.add_argument("--parallel", type=int, default=None, help="engine n_parallel (default: its own)")
+    ap.add_argument("--ceiling-parallel", type=int, default=64)
+    ap.add_argument("--skip", default="", help="comma list of phases to skip: a,b,c")
+    args = ap.parse_args()
+
+    path = str(resolve_model_path("smollm2-135m"))
+    chats = prompts(args.prompts)
+    skip = set(args.skip.split(",")) - {""}
+    result: dict = {"prompts": args.prompts, "max_tokens": args.tokens, "threads": args.threads,
+                    "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    texts = {}
+    phases = {
+        "a_highlevel_loop": lambda: run_highlevel(path, chats, args.tokens, args.threads),
+        "b_lowlevel_ceiling": lambda: run_ceiling(
+            path, chats, args.tokens, args.threads, min(args.ceiling_parallel, len(chats))),
+        "c_smolforge": lambda: run_engine(chats, args.tokens, args.threads, args.parallel),
+    }
+    for name, fn in phases.items():
+        if name[0] in skip:
+            continue
+        n, dt, texts[name] = fn()
+        result[name] = {"tokens": n, "seconds": round(dt, 2), "tok_s": round(n / dt, 1)}
+        gc.collect()
+    result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    tps = {k: v["tok_s"] for k, v in result.items() if isinstance(v, dict)}
+    if "c_smolforge" in tps:
+        if "a_highlevel_loop" in tps:
+            result["ratio_c_over_a"] = round(tps["c_smolforge"] / tps["a_highlevel_loop"], 2)
+        if "b_lowlevel_ceiling" in tps:
+            result["ratio_c_over_b"] = round(tps["c_smolforge"] / tps["b_lowlevel_ceiling"], 2)
+            same = sum(x == y for x, y in zip(texts["b_lowlevel_ceiling"], texts["c_smolforge"]))
+            result["greedy_texts_identical_b_c"] = f"{same}/{len(chats)}"
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Recipes personas, self_instruct, evol_instruct and magpie: each runs end to end on
+the bundled model through the CLI with a tiny token budget; `show --json` has the
+knob distributions and the drop reasons. Plus the rules that do not need a model:
+near-duplicate personas, Evol-Instruct's elimination rules, Self-Instruct's task
+checks and parsing, and Magpie's pre-query template; and Magpie against a real
+completions endpoint (llama-cpp-python's server)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from conftest import smolforge
+from servers import llama_server  # noqa: F401  (fixture)
+
+import smolforge as sf
+from smolforge.recipe import BUILTIN_DIR, Recipe
+from smolforge.rouge import rouge_l
+
+
+def run_cli(tmp_path, name: str, *sets: str, limit: int = 2) -> dict:
+    out = tmp_path / name
+    args = ["run", name, "--limit", str(limit), "--out", str(out), "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    p = smolforge(*args, timeout=900)
+    assert p.returncode == 0, p.stderr
+    s = smolforge("show", str(out), "--json")
+    assert s.returncode == 0, s.stderr
+    summary = json.loads(s.stdout)
+    assert summary["status"] == "done"
+    summary["_run"] = sf.Run(out)
+    return summary
+
+
+def metas(run) -> list[dict]:
+    return [json.loads(m) for m in run.data().column("meta").to_pylist()]
+
+
+def reasons(run, stage: str) -> list[str]:
+    return [r["reason"] for r in run.rejects().to_pylist() if r["stage"] == stage]
+
+
+# ------------------------------------------------------------------ personas
+
+
+def test_personas_end_to_end(tmp_path):
+    s = run_cli(tmp_path, "personas",
+                "stages[2].max_tokens=16", "stages[3].min_words=2",
+                "stages[4].max_tokens=16", "stages[4].fanout=1",
+                "stages[6].max_tokens=8", "stages[7].min_words=1")
+    run = s["_run"]
+    assert {"persona", "hop", "task", "text_relation"} <= set(s["knobs"])
+    assert {v for v, _ in s["knobs"]["task"]} <= {"math_problem", "instruction", "knowledge_article"}
+    rows = run.data().to_pylist()
+    for row, meta in zip(rows, metas(run)):
+        k = meta["knobs"]
+        assert k["hop"] in (0, 1) and row["text"] and row["persona"].startswith(k["persona"][:40])
+        if k["hop"] == 1:  # expanded: its parent persona and the relation that led to it
+            assert row["expanded_from"] and k["persona_relation"] and row["id"].endswith(".0")
+    expand = {st["name"]: st for st in s["stages"]}["persona_expand"]
+    assert expand["in"] == 2 and expand["out"] + expand["rejected"] == 4  # 2 inputs + 2 new
+    for r in reasons(run, "persona_expand"):
+        assert re.match(r"(near-duplicate persona of \S+: ROUGE-L [\d.]+ >= 0.8|persona too short)", r), r
+
+
+def test_persona_near_duplicates_removed_without_expansion(tmp_path):
+    people = ["A marine biologist who studies coral reefs and teaches diving on weekends.",
+              "A marine biologist who studies coral reefs and teaches scuba diving at weekends.",
+              "A retired baker who writes a blog about sourdough starters.",
+              "Chef"]
+    recipe = Recipe.from_dict({"name": "p", "stages": [
+        {"type": "items", "items": people, "column": "persona"},
+        {"type": "persona_expand", "hops": 0}]})
+    run = sf.run(recipe, out=tmp_path / "p")
+    assert run.data().column("persona").to_pylist() == [people[0], people[2]]
+    got = {r["id"]: r["reason"] for r in run.rejects().to_pylist()}
+    score = rouge_l(people[0], people[1])
+    assert got == {"items-000001": f"near-duplicate persona of items-000000: ROUGE-L {score:.2f} >= 0.8",
+                   "items-000003": "persona too short: 1 words < 3"}
+
+
+# ------------------------------------------------------------------ self-instruct
+
+
+def test_self_instruct_end_to_end(tmp_path):
+    s = run_cli(tmp_path, "self_instruct",
+                "stages[1].target=2", "stages[1].prompts_per_round=2", "stages[1].k=3",
+                "stages[1].n_new=2", "stages[1].max_tokens=40", "stages[1].max_rounds=2",
+                "stages[2].max_tokens=8", "stages[3].min_words=1", limit=4)
+    run = s["_run"]
+    seeds = [json.loads(line)["instruction"]
+             for line in (BUILTIN_DIR / "self_instruct/seed_tasks.jsonl").read_text().splitlines()[:4]]
+    rej = run.rejects().to_pylist()
+    assert sum(r["reason"] == "seed task, used as an in-context example (keep_seeds: false)"
+               for r in rej) == 4
+    # Every instruction the stage kept, later dropped or not, is novel against the
+    # seeds and every other kept one; and no more than `target` were kept.
+    kept = [json.loads(r["record"])["instruction"] for r in rej if r["stage"] != "self_instruct"]
+    kept += run.data().column("instruction").to_pylist()
+    assert 1 <= len(kept) <= 2
+    pool = seeds + kept
+    assert all(rouge_l(a, b) < 0.7 for i, a in enumerate(pool) for b in pool[i + 1:])
+    for r in reasons(run, "self_instruct"):
+        assert r.startswith(("seed task", "too similar to", "too short", "too long", "needs an image",
+                             "starts with punctuation", "cut off at max_tokens", "target of 2")), r
+    assert {"origin", "round"} <= set(s["knobs"])
+    assert all(m["knobs"]["origin"] == "generated" and m["knobs"]["round"] in (1, 2) for m in metas(run))
+    assert all(row["text"] and row["prompt"] == row["instruction"] for row in run.data().to_pylist())
+
+
+def test_self_instruct_task_rules_and_parsing():
+    from smolforge.stages.instruct import SelfInstruct, parse_tasks
+
+    st = SelfInstruct(type="self_instruct")
+    assert st.check_task("Describe this picture of a cat in detail.") == \
+        "needs an image, file or other media: 'picture'"
+    assert st.check_task("Open the attached file and count the rows.") == \
+        "needs an image, file or other media: 'file'"
+    assert st.check_task("Go to the website and summarise it.") == \
+        "needs an image, file or other media: 'go to'"
+    assert st.check_task("Write haiku") == "too short: 2 words < 3"
+    assert st.check_task("- list three fruits now") == "starts with punctuation: '-'"
+    assert st.check_task("Explain how tides work to a child.") is None
+    assert st.check_task("Write a poem about a mapmaker's daughter.") is None  # 'map' is a whole word only
+    text = "9. Write a riddle about time.\n10: Explain gravity\nin two sentences.\nTask 11) List prime numbers."
+    assert parse_tasks(text) == ["Write a riddle about time.", "Explain gravity in two sentences.",
+                                 "List prime numbers."]
+    assert parse_tasks("Just one task here") == ["Just one task here"]
+    with pytest.raises(ValueError, match="generated_in_context"):
+        SelfInstruct(type="self_instruct", k=2, generated_in_context=3)
+
+
+# ------------------------------------------------------------------ evol-instruct
+
+
+def test_evol_instruct_end_to_end(tmp_path):
+    s = run_cli(tmp_path, "evol_instruct",
+                "stages[1].rounds=2", "stages[1].max_tokens=24", "stages[1].answer_max_tokens=8",
+                "stages[2].min_words=1")
+    run = s["_run"]
+    ops = {"add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"}
+    rejected = [json.loads(r["record"]) for r in run.rejects().to_pylist()]
+    evolved = [r for r in rejected if "operation" in r["meta"].get("knobs", {})]
+    assert len(evolved) + run.data().num_rows >= 2  # round 1 evolves both inputs
+    for r in reasons(run, "evol_instruct"):
+        assert r.startswith(("input instruction, evolved", "rewriter marker copied", "no information gained",
+                             "refusal", "near-empty answer", "empty rewrite")), r
+    for rec in evolved + run.data().to_pylist():
+        meta = rec["meta"] if isinstance(rec["meta"], dict) else json.loads(rec["meta"])
+        k = meta["knobs"]
+        assert k["operation"] in ops and k["round"] in (1, 2)
+        assert rec["id"] == f"{rec['id'].rsplit('.', 1)[0]}.{k['round']}"
+        assert rec["parent_id"].startswith("read-") and rec["evolved_from"]
+    if run.data().num_rows:
+        assert {"operation", "round"} <= set(s["knobs"])
+        assert all(r["text"] for r in run.data().to_pylist())
+
+
+def test_evol_elimination_rules():
+    from smolforge.stages.instruct import clean_rewrite, eliminate
+
+    parent = "Describe the water cycle."
+    ok = "The water cycle has several stages; explain each one in order."
+    assert eliminate(parent, "Describe the water cycle!", None) == \
+        "no information gained vs the parent: the prompt is unchanged"
+    assert eliminate(parent, "Please describe the water cycle, if you can.", None) == \
+        "no information gained vs the parent: 0 new content words < 1"
+    assert eliminate(parent, "Rewrite the given prompt about the water cycle.", None) == \
+        "rewriter marker copied into the prompt: 'given prompt'"
+    assert eliminate(parent, "#Rewritten Prompt#: describe evaporation", None) == \
+        "rewriter marker copied into the prompt: '#Rewritten Prompt#'"
+    assert eliminate(parent, "", None) == "empty rewrite"
+    assert eliminate(parent, ok, None) is None
+    assert eliminate(parent, ok, "Sorry, that is beyond what I know.") == \
+        "refusal: 'sorry' in a 7-word answer (< 80)"
+    assert eliminate(parent, ok, "As an AI, I do not have opinions about weather.") == \
+        "refusal: answer opens with 'as an ai'"
+    assert eliminate(parent, ok, "It is what it is ...") == "near-empty answer: 0 content words < 3"
+    assert eliminate(parent, ok, "Evaporation lifts water; condensation forms clouds; rain returns it.") is None
+    assert clean_rewrite("#Rewritten Prompt#: Explain the water cycle in 3 steps.") == \
+        "Explain the water cycle in 3 steps."
+    assert clean_rewrite("**Rewritten Prompt:** Explain tides.") == "Explain tides."
+
+
+def test_evol_operations_validated():
+    from pydantic import ValidationError
+
+    from smolforge.stages.instruct import EvolInstruct
+
+    with pytest.raises(ValidationError, match="operation 'widen' has no entry in `methods`"):
+        EvolInstruct(type="evol_instruct", operations=["deepen", "widen"])
+    st = EvolInstruct(type="evol_instruct", operations=["widen", "breadth"], methods={"widen": "Widen it."})
+    assert st.operations == ["widen", "breadth"]
+
+
+# ------------------------------------------------------------------ magpie
+
+
+def test_magpie_end_to_end(tmp_path):
+    s = run_cli(tmp_path, "magpie", "stages[1].n=2", "stages[1].max_tokens=24",
+                "stages[1].response_max_tokens=8", "stages[2].min_words=1")
+    run = s["_run"]
+    allowed = ("query cut at max_tokens (24)", "empty query", "query contains chat markup", "empty answer")
+    for r in reasons(run, "magpie"):
+        assert r.startswith(allowed), r
+    ids = run.data().column("id").to_pylist() + [r["id"] for r in run.rejects().to_pylist()]
+    assert sorted(ids) == ["items-000000.0", "items-000000.1", "items-000001.0", "items-000001.1"]
+    domains = {r["id"]: json.loads(r["record"])["meta"]["knobs"]["domain"] for r in run.rejects().to_pylist()}
+    domains.update({r["id"]: m["knobs"]["domain"] for r, m in zip(run.data().to_pylist(), metas(run))})
+    assert domains == {"items-000000.0": "general", "items-000000.1": "general",
+                       "items-000001.0": "math", "items-000001.1": "math"}
+    for row, meta in zip(run.data().to_pylist(), metas(run)):
+        assert row["instruction"] and row["text"] and "<|im_" not in row["instruction"]
+        assert row["system"].startswith("You are an AI assistant that helps people solve math") == (
+            row["domain"] == "math")
+        assert meta["magpie"]["query"]["sampling"]["stop"] == ["<|im_end|>"]
+    if run.data().num_rows:
+        assert "domain" in s["knobs"]
+
+
+def test_magpie_pre_query_templates():
+    from smolforge.context import build_engine
+    from smolforge.engines.chat_template import CHATML, ChatTemplate
+    from smolforge.stages.magpie import LLAMA3, PreQuery, engine_chat_template
+
+    p = PreQuery(ChatTemplate(CHATML), None)
+    assert p.prefix == "<|im_start|>user\n" and p.stop == ["<|im_end|>"]
+    p = PreQuery(ChatTemplate(CHATML), "You help with math.")
+    assert p.prefix == "<|im_start|>system\nYou help with math.<|im_end|>\n<|im_start|>user\n"
+    assert p.respond("What is 2+2?") == (p.prefix + "What is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+    p = PreQuery(ChatTemplate(LLAMA3), None)
+    assert p.prefix == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+    assert p.stop == ["<|eot_id|>"]
+    # The bundled model's own template (from the GGUF) adds SmolLM2's default system turn.
+    smol = PreQuery(engine_chat_template(build_engine("llamacpp")), None)
+    assert smol.prefix == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                           "Hugging Face<|im_end|>\n<|im_start|>user\n")
+    assert "<|im_start|>" in smol.markup
+
+
+def test_magpie_on_a_completions_endpoint(tmp_path, llama_server):  # noqa: F811
+    data = yaml.safe_load((BUILTIN_DIR / "magpie.yaml").read_text())
+    data["engine"] = {"type": "openai", "base_url": llama_server + "/v1", "model": "smollm2",
+                      "endpoint": "completions"}
+    data["stages"][0]["items"] = [{"domain": "code"}]
+    data["stages"][1].update(chat_template="chatml", max_tokens=24, response_max_tokens=8, n=1,
+                             drop_truncated=False)
+    data["stages"][2]["min_words"] = 1
+    run = sf.run(Recipe.from_dict(data, base_dir=BUILTIN_DIR), out=tmp_path / "m")
+    rows, rej = run.data().to_pylist(), run.rejects().to_pylist()
+    assert len(rows) + len(rej) == 1
+    for r in rej:
+        assert r["reason"].startswith(("empty query", "query contains chat markup", "empty answer",
+                                       "text_quality")), r["reason"]
+    if rows:
+        meta = metas(run)[0]
+        assert rows[0]["instruction"] and meta["knobs"]["domain"] == "code"
+        assert meta["magpie"]["query"]["engine"] == "openai"
+    magpie = run.manifest["stages"][1]
+    assert magpie["generated"] == 1 + magpie["out"]  # one query; one answer if it was kept
