@@ -18,7 +18,8 @@ Baselines, in the same process and on the same instructions:
 - `python_dp`: a plain-Python LCS per pair that stops at the first similar kept
   instruction (a stronger naive baseline).
 The baselines are quadratic, so they run on the first `--naive-n` instructions;
-smolforge runs on those and on all `--n`.
+smolforge runs on those and on all `--n`. Times are CPU seconds of this process
+(`time.process_time`), so other load on the machine does not count.
 
     python benchmarks/rouge.py [--n 4000] [--naive-n 2000] [--threshold 0.7]
 

@@ -50,14 +50,10 @@ def llama_server() -> Iterator[str]:
     """`python -m llama_cpp.server` on the bundled SmolLM2-135M; yields its root URL
     (http://127.0.0.1:PORT, without /v1). It serves one request at a time."""
     missing = [m for m in SERVER_DEPS if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"llama.cpp server dependencies missing: {', '.join(missing)}")
+    assert not missing, f"llama.cpp server dependencies missing (make test installs them): {missing}"
     from smolforge.engines.models import resolve_model_path
 
-    try:
-        model = resolve_model_path("smollm2-135m")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    model = resolve_model_path("smollm2-135m")
     port = free_port()
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
         "w+", prefix="llama-server-", suffix=".log", delete=False

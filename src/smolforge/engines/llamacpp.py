@@ -33,15 +33,16 @@ def _cores() -> int:
 class LlamaCppEngine(Engine):
     """Runs a GGUF model in-process with llama.cpp, many sequences at a time.
 
-    `n_ctx` is the context of ONE sequence (prompt plus completion); the KV cache holds
-    `n_ctx * n_parallel` tokens in all (SmolLM2-135M: about 23 KB per token, so the
-    defaults take about 1.5 GB). A request whose prompt does not fit fails alone.
+    `n_ctx` is the context of ONE sequence (prompt plus completion): a longer prompt fails
+    alone, a completion stops there with finish_reason "length". The KV cache is sized to
+    each batch's needs (sequences x longest prompt + max_tokens, at most n_parallel x
+    n_ctx; SmolLM2-135M needs about 23 KB per token) and only grows.
     """
 
     kind: ClassVar[str] = "llamacpp"
     type: Literal["llamacpp"] = "llamacpp"
     model: str = Field("smollm2-135m", description="bundled model name or path to a GGUF file")
-    n_ctx: int = Field(2048, ge=64, description="context per sequence (prompt + completion)")
+    n_ctx: int = Field(4096, ge=64, description="most context per sequence (prompt + completion)")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     n_parallel: int = Field(32, ge=1, le=256, description="sequences decoded together")
     n_batch: int = Field(512, ge=1, description="most tokens per decode step (prefill chunk)")
@@ -98,7 +99,7 @@ class LlamaCppEngine(Engine):
             if n_tok >= n_ctx:
                 raise ValueError(
                     f"prompt has {n_tok} tokens, context is {n_ctx} tokens per sequence "
-                    f"(n_ctx={self.n_ctx}); shorten the prompt or raise n_ctx"
+                    "(n_ctx); shorten the prompt or raise n_ctx"
                 )
             if req.json_schema is not None:
                 job.grammar = json_schema_to_gbnf(json.dumps(req.json_schema))

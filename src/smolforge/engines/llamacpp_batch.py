@@ -213,7 +213,9 @@ class BatchedLlama:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         try:
             if req.repeat_penalty != 1.0:
-                pen = lc.llama_sampler_init_penalties(PENALTY_LAST_N, req.repeat_penalty, 0.0, 0.0)
+                pen = lc.llama_sampler_init_penalties(
+                    self.n_vocab, PENALTY_LAST_N, req.repeat_penalty, 0.0, 0.0
+                )
                 for t in job.tokens[-PENALTY_LAST_N:]:  # the prompt counts as history
                     lc.llama_sampler_accept(pen, t)
                 lc.llama_sampler_chain_add(chain, pen)
@@ -303,6 +305,18 @@ class BatchedLlama:
                     continue
                 g.seq_ids = [heapq.heappop(free) for _ in g.samples]
                 prefill.append(g)
+
+            # Keep live seq_ids dense: llama.cpp computes a run of consecutive seq_ids in
+            # one graph, so a hole left by a finished sequence would split the step in
+            # two. Move the highest live sequence into the lowest hole (a KV stream copy).
+            while free and live and free[0] < max(live):
+                hi, lo = max(live), heapq.heappop(free)
+                seq = live.pop(hi)
+                lc.llama_memory_seq_cp(mem, hi, lo, -1, -1)
+                lc.llama_memory_seq_rm(mem, hi, -1, -1)
+                seq.seq_id = lo
+                live[lo] = seq
+                heapq.heappush(free, hi)
 
             # Lay out the batch: one token per live sequence, then prompt chunks.
             runs: list[tuple[int, list[int], int, bool, object]] = []

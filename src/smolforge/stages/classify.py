@@ -207,7 +207,10 @@ class Classify(GlobalStage):
             if len(self.model_columns) != len(self.models):
                 raise ValueError("model_columns needs one name per model")
             return list(self.model_columns)
-        return [f"{self.score_column}_{Path(m).stem}" for m in self.models]
+        cols = [f"{self.score_column}_{Path(m).stem}" for m in self.models]
+        if len(set(cols)) != len(cols):
+            raise ValueError("classify: two models share a file name; set model_columns")
+        return cols
 
     def requires(self) -> set[str]:
         return {self.text_column or "text"}
