@@ -19,10 +19,8 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -31,23 +29,9 @@ KEYWORDS = ["if", "return", "be", "this", "or", "with", "not", "from"]
 
 
 def stdlib_docstrings(min_words: int = 15) -> list[str]:
-    from smolforge.text import normalize
+    from smolforge.corpora import stdlib_docstrings as docstrings
 
-    root = Path(sysconfig.get_paths()["stdlib"])
-    seen: set[str] = set()
-    out: list[str] = []
-    for path in sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc.split()) >= min_words and normalize(doc) not in seen:
-                    seen.add(normalize(doc))
-                    out.append(doc)
-    return out
+    return [d for d in docstrings() if len(d.split()) >= min_words]
 
 
 def rule_score(text: str) -> int:

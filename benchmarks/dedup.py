@@ -35,7 +35,6 @@ Needs the `bench` extra (datatrove, datasketch, spacy) for the baselines. Prints
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import random
@@ -43,7 +42,6 @@ import re
 import resource
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -74,23 +72,17 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 def stdlib_lines() -> list[str]:
     """Distinct docstring lines of >= 4 words from the whole standard library."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    from smolforge.corpora import stdlib_docstrings
+
     seen: set[str] = set()
     out: list[str] = []
-    for path in sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node) or ""
-                for line in doc.splitlines():
-                    line = line.strip()
-                    key = normalize(line)
-                    if len(key.split()) >= 4 and key not in seen:
-                        seen.add(key)
-                        out.append(line)
+    for doc in stdlib_docstrings():
+        for line in doc.splitlines():
+            line = line.strip()
+            key = normalize(line)
+            if len(key.split()) >= 4 and key not in seen:
+                seen.add(key)
+                out.append(line)
     return out
 
 
@@ -343,9 +335,6 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        # benchmarks/ holds scripts whose names may shadow stdlib modules
-        here = Path(__file__).resolve().parent
-        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
         worker(args.worker, Path(args.data), Path(args.work), Path(args.out))
         return
 

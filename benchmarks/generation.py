@@ -67,8 +67,8 @@ def run_highlevel(path: str, chats: list, max_tokens: int, threads: int) -> tupl
     return n, dt, texts
 
 
-def run_ceiling(path: str, chats: list, max_tokens: int, threads: int, parallel: int
-                ) -> tuple[int, float, list]:
+def run_ceiling(path: str, chats: list, max_tokens: int, threads: int, parallel: int,
+                unified: bool) -> tuple[int, float, list]:
     """The least a batched decode must do: no scheduler, no samplers, no stop strings."""
     model = lc.llama_model_load_from_file(path.encode(), lc.llama_model_default_params())
     vocab = lc.llama_model_get_vocab(model)
@@ -80,9 +80,9 @@ def run_ceiling(path: str, chats: list, max_tokens: int, threads: int, parallel:
         buf = (lc.llama_token * (len(raw) + 8))()
         k = lc.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, True)
         toks.append(list(buf[:k]))
-    per_seq = max(len(t) for t in toks) + max_tokens + 1
+    per_seq = -(-(max(len(t) for t in toks) + max_tokens + 1) // 256) * 256
     cp = lc.llama_context_default_params()
-    cp.n_ctx, cp.n_seq_max, cp.kv_unified = per_seq * parallel, parallel, False
+    cp.n_ctx, cp.n_seq_max, cp.kv_unified = per_seq * parallel, parallel, unified
     cp.n_batch = cp.n_ubatch = max(512, parallel)
     cp.n_threads = cp.n_threads_batch = threads
     ctx = lc.llama_init_from_model(model, cp)
@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=_cores())
     ap.add_argument("--parallel", type=int, default=None, help="engine n_parallel (default: its own)")
     ap.add_argument("--ceiling-parallel", type=int, default=64)
+    ap.add_argument("--ceiling-kv", choices=["split", "unified"], default="split",
+                    help="ceiling's KV cache: one stream per sequence, or one shared")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: a,b,c")
     args = ap.parse_args()
 
@@ -185,7 +187,8 @@ def main() -> None:
     phases = {
         "a_highlevel_loop": lambda: run_highlevel(path, chats, args.tokens, args.threads),
         "b_lowlevel_ceiling": lambda: run_ceiling(
-            path, chats, args.tokens, args.threads, min(args.ceiling_parallel, len(chats))),
+            path, chats, args.tokens, args.threads, min(args.ceiling_parallel, len(chats)),
+            args.ceiling_kv == "unified"),
         "c_smolforge": lambda: run_engine(chats, args.tokens, args.threads, args.parallel),
     }
     for name, fn in phases.items():

@@ -29,20 +29,13 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import random
 import re
-import sys
-import sysconfig
 import time
-from pathlib import Path
 
-# benchmarks/http.py would shadow the standard library's `http` (nltk, imported by
-# rouge_score, needs http.client): do not import from this script's directory.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from smolforge.rouge import NoveltyFilter, f_measure, tokenize  # noqa: E402
+from smolforge.corpora import stdlib_docstrings
+from smolforge.rouge import NoveltyFilter, f_measure, tokenize
 
 _SENTENCE = re.compile(r"^(.+?[.!?])(\s|$)", re.S)
 FILLERS = ["carefully", "quickly", "the", "given", "new", "each", "all", "simple", "small", "first"]
@@ -50,25 +43,15 @@ PREFIXES = ["Please ", "Now ", "Try to ", "Briefly "]
 
 
 def first_sentences(min_words: int = 5, max_words: int = 40) -> list[str]:
-    root = Path(sysconfig.get_paths()["stdlib"])
     seen: set[str] = set()
     out: list[str] = []
-    for path in sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if not doc:
-                    continue
-                m = _SENTENCE.match(" ".join(doc.split()))
-                s = m.group(1) if m else ""
-                key = " ".join(tokenize(s))
-                if min_words <= len(s.split()) <= max_words and key not in seen:
-                    seen.add(key)
-                    out.append(s)
+    for doc in stdlib_docstrings(modules=False):
+        m = _SENTENCE.match(" ".join(doc.split()))
+        s = m.group(1) if m else ""
+        key = " ".join(tokenize(s))
+        if min_words <= len(s.split()) <= max_words and key not in seen:
+            seen.add(key)
+            out.append(s)
     return out
 
 

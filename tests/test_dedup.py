@@ -4,16 +4,15 @@ the real all-MiniLM-L6-v2 from its pip package."""
 
 from __future__ import annotations
 
-import ast
 import functools
 import random
 import re
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from smolforge import corpora
 from smolforge.context import EnginePool, StageContext
 from smolforge.minhash import MinHasher, connected_min
 from smolforge.stages.base import Shards
@@ -24,20 +23,7 @@ from smolforge.text import normalize
 @functools.lru_cache(maxsize=1)
 def stdlib_docstrings(min_words: int = 60) -> tuple[str, ...]:
     """Docstrings of the top-level stdlib modules, in a fixed order."""
-    out: list[str] = []
-    seen: set[str] = set()
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc.split()) >= min_words and normalize(doc) not in seen:
-                    seen.add(normalize(doc))
-                    out.append(doc)
-    return tuple(out)
+    return tuple(d for d in corpora.stdlib_docstrings("*.py") if len(d.split()) >= min_words)
 
 
 def shingles(text: str, n: int = 5) -> set[str]:

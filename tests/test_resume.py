@@ -44,20 +44,25 @@ def table(out: Path, sub: str, cols: list[str]) -> list[tuple]:
 def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
     path = recipe(tmp_path)
     ref = tmp_path / "ref"
-    t0 = time.monotonic()
     p = start(path, ref)
     assert p.wait(timeout=300) == 0, p.stderr.read()
-    duration = time.monotonic() - t0  # kill moments scale with this machine's speed
+    total = len(done_markers(ref))
 
+    # Kill points: right after start (model loading), then after randomly chosen
+    # numbers of finished shards plus a random few milliseconds, so kills land
+    # mid-generation, mid-write and between stages.
     out = tmp_path / "crash"
     rng = random.Random(int(os.environ.get("SMOLFORGE_KILL_SEED", "3")))
+    targets = [0] + sorted(rng.sample(range(1, total - 1), 4))
     kills = 0
-    for _ in range(6):
+    for target in targets:
         before = done_markers(out)
         p = start(path, out)
-        time.sleep(rng.uniform(0.1, 0.45) * duration)
+        while p.poll() is None and len(done_markers(out)) < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
         if p.poll() is not None:
-            break
+            continue
         p.send_signal(signal.SIGKILL)
         p.wait()
         kills += 1
@@ -66,7 +71,7 @@ def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
         assert all(after.get(k) == v for k, v in before.items())
     p = start(path, out)
     assert p.wait(timeout=300) == 0, p.stderr.read()
-    assert kills >= 2
+    assert kills >= 3
 
     cols = ["id", "topic", "prompt", "text"]
     assert table(out, "data", cols) == table(ref, "data", cols)
@@ -79,7 +84,8 @@ def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
     n_cached = sqlite3.connect(out / "cache.sqlite").execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     assert n_cached == len(set(TOPICS))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "done" and len(manifest["attempts"]) >= kills + 1
+    # (a kill during start-up, before the manifest is written, leaves no attempt)
+    assert manifest["status"] == "done" and len(manifest["attempts"]) >= 2
     generated = [a["generated"] for a in manifest["attempts"] if a["status"] == "done"]
     assert generated and generated[-1] <= len(set(TOPICS))
 

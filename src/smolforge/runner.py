@@ -164,13 +164,13 @@ class Runner:
             before = _snapshot(ctx)
             written = set()
             for j, res in stage.process_all(shards, ctx):
-                n_batch = len(res.kept) + len(res.rejected)
+                n_batch = prev.shard_stats(j)["out"]  # records in, whatever the stage creates
                 self._write(sdir, j, res, name, n_batch, time.perf_counter() - t0, ctx, before)
                 t0, before = time.perf_counter(), _snapshot(ctx)
                 written.add(j)
                 self.progress.advance(1)
             for j in set(range(n_in)) - written:  # a stage may skip empty shards
-                self._write(sdir, j, Result(), name, 0, 0.0, ctx, before)
+                self._write(sdir, j, Result(), name, prev.shard_stats(j)["out"], 0.0, ctx, before)
             n = n_in
         else:
             raise TypeError(f"stage {name}: unknown kind {stage.kind!r}")

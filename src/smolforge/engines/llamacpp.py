@@ -43,7 +43,10 @@ class LlamaCppEngine(Engine):
     type: Literal["llamacpp"] = "llamacpp"
     model: str = Field("smollm2-135m", description="bundled model name or path to a GGUF file")
     n_ctx: int = Field(4096, ge=64, description="most context per sequence (prompt + completion)")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads (default: all cores, or half of them while "
+        "other processes compete for the cores, chosen from measured step times)"
+    )
     n_parallel: int = Field(32, ge=1, le=256, description="sequences decoded together")
     n_batch: int = Field(512, ge=1, description="most tokens per decode step (prefill chunk)")
 
@@ -68,6 +71,7 @@ class LlamaCppEngine(Engine):
                 n_parallel=self.n_parallel,
                 n_batch=self.n_batch,
                 n_threads=self.n_threads or _cores(),
+                tune_threads=self.n_threads is None,
             )
             self._template = ChatTemplate(
                 rt.chat_template(), bos_token=rt.token_text(rt.bos), eos_token=rt.token_text(rt.eos)

@@ -24,6 +24,7 @@ import ctypes
 import heapq
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -94,6 +95,63 @@ class _Quiet:
             os.close(self._fd)
 
 
+class ThreadTuner:
+    """Chooses the thread count per decode step from measured step times.
+
+    llama.cpp's worker threads spin at every barrier of the compute graph. On an idle
+    machine all cores are fastest (2 cores: ~1.9x one thread), but when another process
+    competes for the cores a spinning thread waits for a descheduled partner and a step
+    takes up to 10x longer than on one thread. Every few decode steps one step runs with
+    the other thread count; the faster per-token time wins. Exploring backs off (up to
+    every 256 steps) while the current choice keeps winning. Outputs do not depend on the
+    thread count (each output row is computed by one thread either way).
+    """
+
+    def __init__(self, ctx: int, options: list[int]):
+        self.ctx, self.options = ctx, options
+        self.cur = 0  # index into options
+        self.cost: dict[int, float] = {}  # option index -> EMA seconds per token
+        self.interval = self.next_explore = 8
+        self.steps = 0
+        self.steps_at: dict[int, int] = {}  # thread count -> decode steps run with it
+        self.used = -1
+        self._set(0)
+
+    def _set(self, i: int) -> None:
+        if i != self.used:
+            lc.llama_set_n_threads(self.ctx, self.options[i], self.options[i])
+            self.used = i
+
+    def before(self, comparable: bool) -> None:
+        """Pick the thread count for the next step; only `comparable` steps (decode
+        only, no prompt chunks) explore, so their times compare like with like."""
+        self.steps += 1
+        explore = (
+            comparable
+            and len(self.options) > 1
+            and self.cur in self.cost
+            and self.steps >= self.next_explore
+        )
+        self._set(1 - self.cur if explore else self.cur)
+        self.comparable = comparable
+        n = self.options[self.used]
+        self.steps_at[n] = self.steps_at.get(n, 0) + 1
+
+    def after(self, seconds: float, n_tokens: int) -> None:
+        if not self.comparable or n_tokens == 0:
+            return
+        per_tok = seconds / n_tokens
+        i = self.used
+        old = self.cost.get(i)
+        self.cost[i] = per_tok if old is None or i != self.cur else 0.7 * old + 0.3 * per_tok
+        if i != self.cur:  # that was an exploring step
+            if per_tok < 0.85 * self.cost[self.cur]:
+                self.cur, self.interval = i, 8
+            else:
+                self.interval = min(self.interval * 2, 256)
+            self.next_explore = self.steps + self.interval
+
+
 class BatchedLlama:
     """A loaded GGUF model with a multi-sequence context and a continuous-batching loop."""
 
@@ -104,6 +162,7 @@ class BatchedLlama:
         n_parallel: int,
         n_batch: int,
         n_threads: int,
+        tune_threads: bool = False,
     ):
         from llama_cpp._logger import set_verbose
 
@@ -120,6 +179,7 @@ class BatchedLlama:
         self.max_parallel = n_parallel
         self.n_batch = max(n_batch, n_parallel)
         self.n_threads = n_threads
+        self.tune_threads = tune_threads and n_threads > 1
         self.ctx = None
         self.n_parallel = self.n_ctx_seq = 0
 
@@ -171,6 +231,8 @@ class BatchedLlama:
         self.n_ctx_seq = lc.llama_n_ctx_seq(self.ctx)
         self.pos_limit = min(self.n_ctx_seq, self.max_ctx)  # positions a sequence may use
         self.mem = lc.llama_get_memory(self.ctx)
+        options = [self.n_threads, max(1, self.n_threads // 2)] if self.tune_threads else []
+        self.tuner = ThreadTuner(self.ctx, options) if options else None
 
     # ---- vocabulary -------------------------------------------------------------
 
@@ -349,7 +411,13 @@ class BatchedLlama:
                     outputs.append((n - 1, owner))
             self.batch.n_tokens = n
 
+            tuner = self.tuner
+            if tuner is not None:
+                tuner.before(comparable=n == len(live))
+                t0 = time.perf_counter()
             rc = lc.llama_decode(self.ctx, self.batch)
+            if tuner is not None:
+                tuner.after(time.perf_counter() - t0, n)
             if rc != 0:
                 fail_all(f"llama_decode failed with code {rc}")
                 continue

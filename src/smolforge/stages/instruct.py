@@ -112,6 +112,14 @@ def load_template(ctx: StageContext, path: str) -> str:
     return load_source(None, path, ctx.recipe_dir)
 
 
+def render_file(source: str, variables: dict[str, Any], path: str) -> str:
+    """Render a stage's template; a broken template stops the run naming its file."""
+    try:
+        return render(source, variables)
+    except Exception as e:
+        raise TemplateError(f"{path}: {type(e).__name__}: {e}") from None
+
+
 def spread(records: list[Record], n: int) -> list[list[Record]]:
     """Records split over `n` output shards in order, sizes differing by at most 1."""
     n = max(n, 1)
@@ -304,10 +312,8 @@ class SelfInstruct(LoopLLM, GlobalStage):
                 g = min(self.generated_in_context, len(generated))
                 examples = rng.sample(generated, g) + rng.sample(seeds, min(self.k - g, len(seeds)))
                 rng.shuffle(examples)
-                try:
-                    prompts.append(render(source, {"examples": examples, "n_new": self.n_new}))
-                except Exception as e:
-                    raise TemplateError(f"{self.template_file}: {type(e).__name__}: {e}") from None
+                prompts.append(render_file(source, {"examples": examples, "n_new": self.n_new},
+                                           self.template_file))
             reqs = [self.request(ctx, ("round", rnd, j), messages=[{"role": "user", "content": p}])
                     for j, p in enumerate(prompts)]
             added = 0
@@ -326,7 +332,7 @@ class SelfInstruct(LoopLLM, GlobalStage):
                     rec = with_knobs({"id": f"{name}-{counter:06d}", self.column: task,
                                       "meta": new_meta(ctx)}, knobs, name, prov)
                     counter += 1
-                    if len(kept_ids) - len(seeds) >= self.target:
+                    if len(generated) >= self.target:
                         reason = f"target of {self.target} new instructions already reached"
                     elif (self.drop_truncated and comp.finish_reason == "length"
                           and t_idx == len(tasks) - 1 and not _ENDS.search(task)):
@@ -509,9 +515,10 @@ class EvolInstruct(LoopLLM, GlobalStage):
             ops = [ctx.rng("op", root, rnd).choice(self.operations) for root in roots]
             prompts = []
             for (_, rec), op in zip(pool, ops):
-                src = templates["breadth" if op == BREADTH else "depth"]
+                kind = "breadth" if op == BREADTH else "depth"
                 vars_ = {"instruction": rec[self.column], "method": self.methods.get(op, "")}
-                prompts.append(render(src, vars_))
+                path = self.breadth_template if op == BREADTH else self.depth_template
+                prompts.append(render_file(templates[kind], vars_, path))
             reqs = [self.request(ctx, ("rewrite", root, rnd), messages=[{"role": "user", "content": p}])
                     for root, p in zip(roots, prompts)]
             rewrites = ctx.generate(engine, reqs)

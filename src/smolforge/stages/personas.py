@@ -28,9 +28,9 @@ from smolforge.stages.instruct import (
     input_records,
     load_template,
     new_meta,
+    render_file,
     with_knobs,
 )
-from smolforge.templates import render
 
 RELATIONS = [
     "a close colleague",
@@ -129,8 +129,8 @@ class PersonaExpand(LoopLLM, GlobalStage):
                     rels.append(self.relations[len(rels) % len(self.relations)])
                 for k, rel in enumerate(rels):
                     jobs.append((shard, rec, k, rel))
-            prompts = [render(source, {"persona": rec[self.column], "relation": rel})
-                       for _, rec, _, rel in jobs]
+            prompts = [render_file(source, {"persona": rec[self.column], "relation": rel},
+                                   self.template_file) for _, rec, _, rel in jobs]
             reqs = [self.request(ctx, ("expand", rec["id"], k), messages=[{"role": "user", "content": p}])
                     for (_, rec, k, _), p in zip(jobs, prompts)]
             frontier = []

@@ -8,22 +8,14 @@ between the two (which goes first alternates too); the median round counts, and 
 median of the ratios of adjacent rounds is reported beside it. Client CPU time
 (time.process_time, all threads of this process) per request is reported for both.
 
-    python benchmarks/http.py [--requests 2000] [--rounds 9] [--concurrency 64] [--delay-ms 20]
+    python benchmarks/http_engine.py [--requests 2000] [--rounds 9] [--concurrency 64] [--delay-ms 20]
 
 Prints one JSON object; target: requests/s ratio >= 0.95.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file is named http.py: keep its folder off sys.path so that `import http`
-# (aiohttp, urllib) finds the standard library, not this script.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
+import argparse
 import asyncio  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
