@@ -44,8 +44,10 @@ class LlamaCppEngine(Engine):
     model: str = Field("smollm2-135m", description="bundled model name or path to a GGUF file")
     n_ctx: int = Field(4096, ge=64, description="most context per sequence (prompt + completion)")
     n_threads: int | None = Field(
-        None, ge=1, description="CPU threads (default: all cores, or half of them while "
-        "other processes compete for the cores, chosen from measured step times)"
+        None,
+        ge=1,
+        description="CPU threads (default: all cores, or half of them while "
+        "other processes compete for the cores, chosen from measured step times)",
     )
     n_parallel: int = Field(32, ge=1, le=256, description="sequences decoded together")
     n_batch: int = Field(512, ge=1, description="most tokens per decode step (prefill chunk)")

@@ -7,11 +7,13 @@ chunks of the prompts of sequences that just joined (batched prefill, as in llam
 server). A sequence that finishes frees its KV cells and its seq_id at once, and the next
 waiting prompt takes the slot (continuous batching).
 
-The KV cache is not unified: each seq_id has its own stream of `n_ctx` cells, so attention
-of one sequence never looks at the others' cells (cheaper than one shared cache with masks,
-and a sequence's numbers do not depend on who shares its batch). llama.cpp then groups
-sequences into one compute graph only while their seq_ids are consecutive in the batch, so
-slots are handed out lowest-id first and the batch is laid out in seq_id order.
+The KV cache is not unified: each seq_id has its own stream of cells, so attention of
+one sequence never reads the others' cells (cheaper than one shared cache with masks, and
+a sequence's numbers do not depend on who shares its batch: greedy outputs are the same
+at any batch size). llama.cpp computes sequences in one graph only while their seq_ids
+are consecutive in the batch, so slots go lowest-id first, the batch is laid out in
+seq_id order, and when a sequence finishes the highest live one moves into its slot.
+The streams are sized to what each batch needs and only grow.
 
 Sampling runs per sequence through a llama.cpp sampler chain seeded from the request, so a
 sample depends on its own seed only. The `n` samples of one prompt decode the prompt once
@@ -96,24 +98,29 @@ class _Quiet:
 
 
 class ThreadTuner:
-    """Chooses the thread count per decode step from measured step times.
+    """Chooses the thread count of each decode step from measured step times.
 
     llama.cpp's worker threads spin at every barrier of the compute graph. On an idle
-    machine all cores are fastest (2 cores: ~1.9x one thread), but when another process
+    machine all cores are fastest (2 cores: ~1.9x one thread), but while another process
     competes for the cores a spinning thread waits for a descheduled partner and a step
-    takes up to 10x longer than on one thread. Every few decode steps one step runs with
-    the other thread count; the faster per-token time wins. Exploring backs off (up to
-    every 256 steps) while the current choice keeps winning. Outputs do not depend on the
-    thread count (each output row is computed by one thread either way).
+    takes up to 10x longer than with half the threads. So the first two steps of a
+    context are small probes, one per choice; afterwards a small step (<= 64 tokens) now
+    and then runs with the other choice, and the faster time per token wins. Exploring
+    backs off (up to every 256 steps) while the current choice keeps winning. Steps are
+    compared only with steps of similar size. Outputs do not depend on the thread count:
+    one thread computes each output row either way.
     """
 
+    PROBE_TOKENS = 32
+    EXPLORE_MAX_TOKENS = 64
+
     def __init__(self, ctx: int, options: list[int]):
-        self.ctx, self.options = ctx, options
-        self.cur = 0  # index into options
-        self.cost: dict[int, float] = {}  # option index -> EMA seconds per token
-        self.interval = self.next_explore = 8
+        self.ctx, self.options = ctx, options  # options[0]: all cores, [1]: half of them
+        self.cur = 0
+        self.cost: dict[tuple[int, int], float] = {}  # (size class, option) -> s/token EMA
+        self.interval, self.next_explore = 8, 1
         self.steps = 0
-        self.steps_at: dict[int, int] = {}  # thread count -> decode steps run with it
+        self.steps_at: dict[int, int] = {}  # thread count -> steps run with it
         self.used = -1
         self._set(0)
 
@@ -122,34 +129,35 @@ class ThreadTuner:
             lc.llama_set_n_threads(self.ctx, self.options[i], self.options[i])
             self.used = i
 
-    def before(self, comparable: bool) -> None:
-        """Pick the thread count for the next step; only `comparable` steps (decode
-        only, no prompt chunks) explore, so their times compare like with like."""
+    def token_cap(self) -> int | None:
+        """Most tokens for the next step (small while probing), or None."""
+        return self.PROBE_TOKENS if self.steps < 2 else None
+
+    def before(self, n_tokens: int) -> None:
         self.steps += 1
+        self.size = n_tokens.bit_length()
         explore = (
-            comparable
-            and len(self.options) > 1
-            and self.cur in self.cost
+            n_tokens <= self.EXPLORE_MAX_TOKENS
             and self.steps >= self.next_explore
+            and (self.size, self.cur) in self.cost
         )
         self._set(1 - self.cur if explore else self.cur)
-        self.comparable = comparable
         n = self.options[self.used]
         self.steps_at[n] = self.steps_at.get(n, 0) + 1
 
     def after(self, seconds: float, n_tokens: int) -> None:
-        if not self.comparable or n_tokens == 0:
+        per_tok = seconds / max(n_tokens, 1)
+        key = (self.size, self.used)
+        if self.used == self.cur:
+            old = self.cost.get(key)
+            self.cost[key] = per_tok if old is None else 0.7 * old + 0.3 * per_tok
             return
-        per_tok = seconds / n_tokens
-        i = self.used
-        old = self.cost.get(i)
-        self.cost[i] = per_tok if old is None or i != self.cur else 0.7 * old + 0.3 * per_tok
-        if i != self.cur:  # that was an exploring step
-            if per_tok < 0.85 * self.cost[self.cur]:
-                self.cur, self.interval = i, 8
-            else:
-                self.interval = min(self.interval * 2, 256)
-            self.next_explore = self.steps + self.interval
+        self.cost[key] = per_tok  # an exploring step
+        if per_tok < 0.85 * self.cost[(self.size, self.cur)]:
+            self.cur, self.interval = self.used, 8
+        else:
+            self.interval = min(self.interval * 2, 256)
+        self.next_explore = self.steps + self.interval
 
 
 class BatchedLlama:
@@ -320,155 +328,32 @@ class BatchedLlama:
         self.ensure_context(
             sum(j.req.n for j in jobs), max(len(j.tokens) + j.req.max_tokens for j in jobs)
         )
-        pending: deque[_Group] = deque(self._groups(jobs))
-        free = list(range(self.n_parallel))
-        heapq.heapify(free)
-        prefill: list[_Group] = []
-        live: dict[int, _Seq] = {}
-        mem = self.mem
-
-        def finish(seq: _Seq, reason: str, text: str | None = None) -> None:
-            if text is None:
-                text = seq.text.decode("utf-8", "ignore")
-            job = seq.job
-            job.completions[seq.sample] = Completion(text, reason, seq.n_gen)
-            lc.llama_sampler_free(seq.sampler)
-            lc.llama_memory_seq_rm(mem, seq.seq_id, -1, -1)
-            heapq.heappush(free, seq.seq_id)
-            del live[seq.seq_id]
-            job.remaining -= 1
-            if job.remaining == 0:
-                on_done(job)
-
-        def fail_all(message: str) -> None:
-            for g in prefill:
-                g.job.error = message
-            for seq in list(live.values()):
-                seq.job.error = message
-            failed = {id(g.job): g.job for g in prefill}
-            failed.update({id(s.job): s.job for s in live.values()})
-            lc.llama_memory_clear(mem, True)
-            for s in live.values():
-                lc.llama_sampler_free(s.sampler)
-            live.clear()
-            prefill.clear()
-            free[:] = list(range(self.n_parallel))
-            heapq.heapify(free)
-            for job in failed.values():
-                if job.remaining > 0:
-                    job.remaining = 0
-                    on_done(job)
-
-        while pending or prefill or live:
-            # Admit waiting prompts into free slots, lowest seq_id first.
-            while pending and len(free) >= len(pending[0].samples):
-                g = pending.popleft()
-                if g.job.error is not None:  # an earlier group of this job failed
+        sched = _Scheduler(self, jobs, on_done)
+        try:
+            while sched.busy():
+                sched.admit()
+                sched.compact()
+                outputs = sched.lay_out()
+                n = self.batch.n_tokens
+                tuner = self.tuner
+                if tuner is not None:
+                    tuner.before(n)
+                    t0 = time.perf_counter()
+                rc = lc.llama_decode(self.ctx, self.batch)
+                if tuner is not None:
+                    tuner.after(time.perf_counter() - t0, n)
+                if rc != 0:
+                    sched.fail_all(f"llama_decode failed with code {rc}")
                     continue
-                g.seq_ids = [heapq.heappop(free) for _ in g.samples]
-                prefill.append(g)
-
-            # Keep live seq_ids dense: llama.cpp computes a run of consecutive seq_ids in
-            # one graph, so a hole left by a finished sequence would split the step in
-            # two. Move the highest live sequence into the lowest hole (a KV stream copy).
-            while free and live and free[0] < max(live):
-                hi, lo = max(live), heapq.heappop(free)
-                seq = live.pop(hi)
-                lc.llama_memory_seq_cp(mem, hi, lo, -1, -1)
-                lc.llama_memory_seq_rm(mem, hi, -1, -1)
-                seq.seq_id = lo
-                live[lo] = seq
-                heapq.heappush(free, hi)
-
-            # Lay out the batch: one token per live sequence, then prompt chunks.
-            runs: list[tuple[int, list[int], int, bool, object]] = []
-            budget = self.n_batch
-            for seq in live.values():
-                runs.append((seq.seq_id, [seq.token], seq.pos, True, seq))
-            budget -= len(live)
-            for g in prefill:
-                if budget <= 0:
-                    break
-                toks = g.job.tokens[g.cursor : g.cursor + budget]
-                last = g.cursor + len(toks) == len(g.job.tokens)
-                runs.append((g.seq_ids[0], toks, g.cursor, last, g))
-                g.cursor += len(toks)
-                budget -= len(toks)
-            runs.sort(key=lambda r: r[0])
-
-            n = 0
-            outputs: list[tuple[int, object]] = []
-            for seq_id, toks, pos0, want, owner in runs:
-                k = len(toks)
-                self._tok[n : n + k] = toks
-                self._pos[n : n + k] = np.arange(pos0, pos0 + k)
-                self._logits[n : n + k] = 0
-                for i in range(n, n + k):
-                    self._seq_id[i][0] = seq_id
-                n += k
-                if want:
-                    self._logits[n - 1] = 1
-                    outputs.append((n - 1, owner))
-            self.batch.n_tokens = n
-
-            tuner = self.tuner
-            if tuner is not None:
-                tuner.before(comparable=n == len(live))
-                t0 = time.perf_counter()
-            rc = lc.llama_decode(self.ctx, self.batch)
-            if tuner is not None:
-                tuner.after(time.perf_counter() - t0, n)
-            if rc != 0:
-                fail_all(f"llama_decode failed with code {rc}")
-                continue
-
-            for idx, owner in outputs:
-                if isinstance(owner, _Group):
-                    prefill.remove(owner)
-                    for sid, sample in self._start(owner, live):
-                        self._step(live[sid], idx, finish)
-                else:
-                    owner.pos += 1
-                    self._step(owner, idx, finish)
+                sched.sample(outputs)
+        finally:
+            sched.release()
 
     def _groups(self, jobs: list[Job]) -> Iterator[_Group]:
         for job in jobs:
             n = job.req.n
             for start in range(0, n, self.n_parallel):
                 yield _Group(job, list(range(start, min(n, start + self.n_parallel))))
-
-    def _start(self, g: _Group, live: dict[int, _Seq]) -> list[tuple[int, int]]:
-        """Prompt decoded: give every sample its KV (a copy of the first) and sampler."""
-        first = g.seq_ids[0]
-        started = []
-        for sid, sample in zip(g.seq_ids, g.samples):
-            if sid != first:
-                lc.llama_memory_seq_cp(self.mem, first, sid, -1, -1)
-            sampler = self.make_sampler(g.job, sample)
-            live[sid] = _Seq(sid, g.job, sample, sampler, pos=len(g.job.tokens))
-            started.append((sid, sample))
-        return started
-
-    def _step(self, seq: _Seq, idx: int, finish: Callable[..., None]) -> None:
-        """Sample the next token of `seq` from batch row `idx` and decide if it ends."""
-        tok = lc.llama_sampler_sample(seq.sampler, self.ctx, idx)
-        if self._eog[tok]:
-            finish(seq, "stop")
-            return
-        seq.n_gen += 1
-        seq.text += self.piece(tok)
-        stops = seq.job.req.stop
-        if stops:
-            text = seq.text.decode("utf-8", "ignore")
-            cut = _find_stop(text, stops, seq.scan_from)
-            if cut is not None:
-                finish(seq, "stop", text[:cut])
-                return
-            seq.scan_from = max(0, len(text) - max(len(s) for s in stops) + 1)
-        if seq.n_gen >= seq.job.req.max_tokens or seq.pos >= self.pos_limit:
-            finish(seq, "length")
-            return
-        seq.token = tok
 
     def close(self) -> None:
         if getattr(self, "batch", None) is not None:
@@ -480,6 +365,171 @@ class BatchedLlama:
         if getattr(self, "model", None):
             lc.llama_model_free(self.model)
             self.model = None
+
+
+class _Scheduler:
+    """The state of one `BatchedLlama.run`: waiting groups, free seq_ids, prompts being
+    prefilled and sequences generating."""
+
+    def __init__(self, llama: BatchedLlama, jobs: list[Job], on_done: Callable[[Job], None]):
+        self.llama, self.on_done = llama, on_done
+        self.mem = llama.mem
+        self.pending: deque[_Group] = deque(llama._groups(jobs))
+        self.free = list(range(llama.n_parallel))  # a heap: lowest seq_id first
+        self.prefill: list[_Group] = []
+        self.live: dict[int, _Seq] = {}
+
+    def busy(self) -> bool:
+        return bool(self.pending or self.prefill or self.live)
+
+    def admit(self) -> None:
+        """Waiting prompts take free slots, lowest seq_id first."""
+        while self.pending and len(self.free) >= len(self.pending[0].samples):
+            g = self.pending.popleft()
+            if g.job.error is not None:  # an earlier part of this job failed
+                self._account(g.job, len(g.samples))
+                continue
+            g.seq_ids = [heapq.heappop(self.free) for _ in g.samples]
+            self.prefill.append(g)
+
+    def compact(self) -> None:
+        """Keep live seq_ids dense: llama.cpp computes a run of consecutive seq_ids in one
+        graph, so a hole left by a finished sequence would split every later step in two.
+        The highest live sequence moves into the lowest hole (one KV stream copy)."""
+        live, free = self.live, self.free
+        while free and live and free[0] < max(live):
+            hi, lo = max(live), heapq.heappop(free)
+            seq = live.pop(hi)
+            lc.llama_memory_seq_cp(self.mem, hi, lo, -1, -1)
+            lc.llama_memory_seq_rm(self.mem, hi, -1, -1)
+            seq.seq_id = lo
+            live[lo] = seq
+            heapq.heappush(free, hi)
+
+    def lay_out(self) -> list[tuple[int, _Seq | _Group]]:
+        """Fill the batch: one token per live sequence, then prompt chunks up to n_batch,
+        in seq_id order. Returns (batch row, owner) for every row that yields logits."""
+        ll = self.llama
+        runs: list[tuple[int, list[int], int, bool, _Seq | _Group]] = []
+        for seq in self.live.values():
+            runs.append((seq.seq_id, [seq.token], seq.pos, True, seq))
+        cap = ll.tuner.token_cap() if ll.tuner is not None else None
+        budget = (ll.n_batch if cap is None else max(cap, len(self.live))) - len(self.live)
+        for g in self.prefill:
+            if budget <= 0:
+                break
+            toks = g.job.tokens[g.cursor : g.cursor + budget]
+            last = g.cursor + len(toks) == len(g.job.tokens)
+            runs.append((g.seq_ids[0], toks, g.cursor, last, g))
+            g.cursor += len(toks)
+            budget -= len(toks)
+        runs.sort(key=lambda r: r[0])
+
+        n = 0
+        outputs: list[tuple[int, _Seq | _Group]] = []
+        for seq_id, toks, pos0, want, owner in runs:
+            k = len(toks)
+            ll._tok[n : n + k] = toks
+            ll._pos[n : n + k] = np.arange(pos0, pos0 + k)
+            ll._logits[n : n + k] = 0
+            for i in range(n, n + k):
+                ll._seq_id[i][0] = seq_id
+            n += k
+            if want:
+                ll._logits[n - 1] = 1
+                outputs.append((n - 1, owner))
+        ll.batch.n_tokens = n
+        return outputs
+
+    def sample(self, outputs: list[tuple[int, _Seq | _Group]]) -> None:
+        """After a decode: start sequences whose prompt is done, advance the others."""
+        for idx, owner in outputs:
+            if isinstance(owner, _Group):
+                self.prefill.remove(owner)
+                for seq in self._start(owner):
+                    self._step(seq, idx)
+            else:
+                owner.pos += 1
+                self._step(owner, idx)
+
+    def _start(self, g: _Group) -> list[_Seq]:
+        """Prompt decoded: every sample gets its KV (a copy of the first) and sampler."""
+        first = g.seq_ids[0]
+        try:
+            samplers = [self.llama.make_sampler(g.job, k) for k in g.samples]
+        except Exception as e:  # noqa: BLE001 - this job fails, the batch goes on
+            g.job.error = f"{type(e).__name__}: {e}"
+            for sid in g.seq_ids:
+                lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
+                heapq.heappush(self.free, sid)
+            self._account(g.job, len(g.samples))
+            return []
+        started = []
+        for sid, k, sampler in zip(g.seq_ids, g.samples, samplers):
+            if sid != first:
+                lc.llama_memory_seq_cp(self.mem, first, sid, -1, -1)
+            seq = _Seq(sid, g.job, k, sampler, pos=len(g.job.tokens))
+            self.live[sid] = seq
+            started.append(seq)
+        return started
+
+    def _step(self, seq: _Seq, idx: int) -> None:
+        """Sample the next token of `seq` from batch row `idx` and decide if it ends."""
+        ll = self.llama
+        tok = lc.llama_sampler_sample(seq.sampler, ll.ctx, idx)
+        if ll._eog[tok]:
+            self._finish(seq, "stop")
+            return
+        seq.n_gen += 1
+        seq.text += ll.piece(tok)
+        stops = seq.job.req.stop
+        if stops:
+            text = seq.text.decode("utf-8", "ignore")
+            cut = _find_stop(text, stops, seq.scan_from)
+            if cut is not None:
+                self._finish(seq, "stop", text[:cut])
+                return
+            seq.scan_from = max(0, len(text) - max(len(s) for s in stops) + 1)
+        if seq.n_gen >= seq.job.req.max_tokens or seq.pos >= ll.pos_limit:
+            self._finish(seq, "length")
+            return
+        seq.token = tok
+
+    def _finish(self, seq: _Seq, reason: str, text: str | None = None) -> None:
+        if text is None:
+            text = seq.text.decode("utf-8", "ignore")
+        seq.job.completions[seq.sample] = Completion(text, reason, seq.n_gen)
+        lc.llama_sampler_free(seq.sampler)
+        lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+        heapq.heappush(self.free, seq.seq_id)
+        del self.live[seq.seq_id]
+        self._account(seq.job, 1)
+
+    def _account(self, job: Job, done: int) -> None:
+        """`done` samples of `job` are over; report the job when none is left."""
+        job.remaining -= done
+        if job.remaining == 0:
+            self.on_done(job)
+
+    def fail_all(self, message: str) -> None:
+        """llama_decode failed: every job in flight fails, waiting ones still run."""
+        jobs = {id(g.job): g.job for g in self.prefill}
+        jobs.update({id(s.job): s.job for s in self.live.values()})
+        self.release()
+        for job in jobs.values():
+            job.error = message
+            if job.remaining > 0:
+                job.remaining = 0
+                self.on_done(job)
+
+    def release(self) -> None:
+        """Free samplers and KV of whatever is still in flight (also after an exception)."""
+        for s in self.live.values():
+            lc.llama_sampler_free(s.sampler)
+        self.live.clear()
+        self.prefill.clear()
+        lc.llama_memory_clear(self.mem, False)
+        self.free = list(range(self.llama.n_parallel))
 
 
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:
