@@ -171,6 +171,7 @@ def _piece(vocab: int, tok: int) -> bytes:
 
 
 ENGINE_THREAD_STEPS: list[dict[int, int]] = []
+ENGINE_PROMPT_STATS: list[dict[str, int]] = []
 
 
 def run_engine(
@@ -179,6 +180,7 @@ def run_engine(
     kw = {"n_parallel": parallel} if parallel else {}
     eng = LlamaCppEngine(n_threads=threads, **kw)
     eng.generate([Request(messages=chats[0], max_tokens=2)])  # load + warm-up
+    eng._rt.stats.update(prompt_decoded=0, prompt_shared=0)
     reqs = [Request(messages=c, max_tokens=max_tokens, temperature=0.0) for c in chats]
     t0 = time.perf_counter()
     out = eng.generate(reqs)
@@ -186,6 +188,7 @@ def run_engine(
     tuner = eng._rt.tuner
     if tuner is not None:  # which thread counts the engine chose, in decode steps
         ENGINE_THREAD_STEPS.append(dict(sorted(tuner.steps_at.items())))
+    ENGINE_PROMPT_STATS.append(dict(eng._rt.stats))  # prompt tokens decoded vs. copied
     eng.close()
     assert all(r.error is None for r in out), [r.error for r in out if r.error]
     return sum(r.completion_tokens for r in out), dt, [r.completions[0].text for r in out]
@@ -262,7 +265,9 @@ def main() -> None:
             v.pop("best", None)
     if ENGINE_THREAD_STEPS:
         result["c_steps_per_thread_count"] = ENGINE_THREAD_STEPS
-    tps = {k: v["tok_s"] for k, v in result.items() if isinstance(v, dict)}
+    if ENGINE_PROMPT_STATS:
+        result["c_prompt_tokens"] = ENGINE_PROMPT_STATS[-1]
+    tps = {k: v["tok_s"] for k, v in result.items() if isinstance(v, dict) and "tok_s" in v}
     if "c_smolforge" in tps:
         if "a_highlevel_loop" in tps:
             result["ratio_c_over_a"] = round(tps["c_smolforge"] / tps["a_highlevel_loop"], 2)

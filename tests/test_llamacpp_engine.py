@@ -70,10 +70,15 @@ def test_greedy_independent_of_batch_size():
         eng = LlamaCppEngine(n_parallel=p, n_ctx=256)
         try:
             out = eng.generate(reqs)
+            stats = dict(eng._rt.stats)
         finally:
             eng.close()
         assert all(r.error is None for r in out)
         texts[p] = [[c.text for c in r.completions] for r in out]
+        if p == 8:  # the chat prompts share the system prompt: decoded once, then copied
+            assert stats["prompt_shared"] > 5 * 20
+            total = sum(r.prompt_tokens for r in out)
+            assert stats["prompt_decoded"] + stats["prompt_shared"] == total
     assert len(texts[1][-1]) == 4 and len(set(texts[1][-1])) == 1  # greedy: n identical samples
     assert texts[1] == texts[3] == texts[8]
 
@@ -133,6 +138,19 @@ def test_n_samples_share_prompt_and_match_single_seeds(engine):
     assert multi.completion_tokens == sum(c.tokens for c in multi.completions)
 
 
+def test_repeat_penalty_changes_greedy_choice(engine):
+    prompt = "1, 1, 1, 1, 1, 1, 1, 1,"
+    plain, penal = engine.generate(
+        [
+            Request(prompt=prompt, max_tokens=8),
+            Request(prompt=prompt, max_tokens=8, repeat_penalty=1.8),
+        ]
+    )
+    assert "1, 1" in plain.completions[0].text  # greedy keeps repeating
+    assert penal.error is None and penal.completions[0].tokens > 0
+    assert "1, 1" not in penal.completions[0].text
+
+
 def test_stop_strings(engine):
     prompt = Request(prompt="1, 2, 3, 4, 5,", max_tokens=16)
     (free,) = engine.generate([prompt])
@@ -155,9 +173,9 @@ def test_json_schema_output(engine):
     reqs = [
         chat(q, max_tokens=16, json_schema=schema)
         for q in ("What is 2+2?", "How many legs has a dog?")
-    ]
+    ] + [chat("Pick a number.", max_tokens=16, json_schema=schema, temperature=0.8, seed=3)]
     for r in engine.generate(reqs):
-        assert r.error is None
+        assert r.error is None and r.completions[0].finish_reason == "stop"
         data = json.loads(r.completions[0].text)
         assert set(data) == {"answer"} and isinstance(data["answer"], int)
 

@@ -37,6 +37,11 @@ class LlamaCppEngine(Engine):
     alone, a completion stops there with finish_reason "length". The KV cache is sized to
     each batch's needs (sequences x longest prompt + max_tokens, at most n_parallel x
     n_ctx; SmolLM2-135M needs about 23 KB per token) and only grows.
+
+    Greedy output does not depend on which requests share a batch, nor on the thread
+    count; a sampled one depends only on its seed (`seed + k` for the k-th of `n`).
+    `Completion.tokens` counts every token generated, also those of a stop string cut
+    from the text, but not the end-of-generation token.
     """
 
     kind: ClassVar[str] = "llamacpp"
@@ -80,6 +85,13 @@ class LlamaCppEngine(Engine):
             )
             self._rt = rt
         return self._rt
+
+    def chat_template(self) -> ChatTemplate:
+        """The template applied to `messages`: the GGUF's own (loads the model)."""
+        with self._lock:
+            self._load()
+        assert self._template is not None
+        return self._template
 
     def _prepare(self, rt: Any, i: int, req: Request) -> Any:
         """Render, tokenize and check one request; a problem fails this request only."""
