@@ -35,7 +35,7 @@ import re
 import time
 
 from smolforge.corpora import stdlib_docstrings
-from smolforge.rouge import NoveltyFilter, f_measure, tokenize
+from smolforge.rouge import NoveltyFilter, f_measure, lcs_length_dp, tokenize
 
 _SENTENCE = re.compile(r"^(.+?[.!?])(\s|$)", re.S)
 FILLERS = ["carefully", "quickly", "the", "given", "new", "each", "all", "simple", "small", "first"]
@@ -108,23 +108,13 @@ def run_rouge_score(items: list[str], threshold: float) -> tuple[list[bool], flo
     return keep, time.process_time() - t0
 
 
-def _lcs_dp(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
 def run_python_dp(items: list[str], threshold: float) -> tuple[list[bool], float]:
     t0 = time.process_time()
     kept: list[list[str]] = []
     keep = []
     for s in items:
         toks = tokenize(s)
-        novel = all(f_measure(_lcs_dp(toks, k), len(toks), len(k)) < threshold for k in kept)
+        novel = all(f_measure(lcs_length_dp(toks, k), len(toks), len(k)) < threshold for k in kept)
         keep.append(novel)
         if novel:
             kept.append(toks)

@@ -11,17 +11,7 @@ import random
 
 import pytest
 
-from smolforge.rouge import NoveltyFilter, f_measure, lcs_length, rouge_l, tokenize
-
-
-def lcs_dp(a, b) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+from smolforge.rouge import NoveltyFilter, f_measure, lcs_length, lcs_length_dp, rouge_l, tokenize
 
 
 def naive_filter(texts: list[str], threshold: float) -> list[tuple[int, float] | None]:
@@ -31,7 +21,7 @@ def naive_filter(texts: list[str], threshold: float) -> list[tuple[int, float] |
     out: list[tuple[int, float] | None] = []
     for t in texts:
         toks = tokenize(t)
-        scores = [f_measure(lcs_dp(toks, k), len(toks), len(k)) for k in kept]
+        scores = [f_measure(lcs_length_dp(toks, k), len(toks), len(k)) for k in kept]
         best = max(range(len(scores)), key=lambda i: (scores[i], -i)) if scores else None
         if best is not None and scores[best] >= threshold:
             out.append((best, scores[best]))
@@ -64,7 +54,7 @@ def test_lcs_matches_dynamic_programming_on_random_sequences():
         alphabet = rng.choice([2, 4, 30])
         a = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 140))]
         b = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 140))]
-        assert lcs_length(a, b) == lcs_dp(a, b)
+        assert lcs_length(a, b) == lcs_length_dp(a, b)
     assert lcs_length([], [1]) == 0 and rouge_l("", "anything") == 0.0
 
 

@@ -229,3 +229,15 @@ class NoveltyFilter:
         if match is None:
             self._add(ids)
         return match
+
+
+def lcs_length_dp(a: list[str], b: list[str]) -> int:
+    """Textbook O(len(a) * len(b)) LCS: the reference the fast path is checked and
+    benchmarked against."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
