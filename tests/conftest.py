@@ -1,13 +1,16 @@
 """Shared fixtures. Tests run the real bundled model (SmolLM2-135M) with few
-tokens, real files and real subprocesses."""
+tokens, real files and real subprocesses; HTTP tests talk to real servers on
+127.0.0.1 (llama-cpp-python's server, or tests/faultproxy.py's canned answers)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SMOLFORGE_HOME", str(ROOT / ".pytest_cache" / "smolforge-home"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# pytest-timeout kills a test at 600 s (pyproject); a subprocess must time out
+# before that, so that its own TimeoutExpired (with the command) is what fails.
+SUBPROCESS_TIMEOUT = 480
 
 
 def write_recipe(path: Path, data: dict) -> Path:
@@ -42,9 +49,21 @@ def tiny_recipe(**over) -> dict:
     return recipe
 
 
-def smolforge(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess."""
+def smolforge(*args: str, cwd: Path | None = None, timeout: int = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (its timeout stays below pytest's)."""
     return subprocess.run(
         [sys.executable, "-m", "smolforge.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, capture_output=True, text=True, timeout=min(timeout, SUBPROCESS_TIMEOUT),
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """One `python -m llama_cpp.server` on the bundled model for the whole session;
+    yields its root URL (http://127.0.0.1:PORT, without /v1)."""
+    from servers import llama_cpp_server
+
+    with llama_cpp_server() as url:
+        yield url

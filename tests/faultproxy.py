@@ -8,6 +8,12 @@ never reach the upstream, so `upstream` counts how many times each prompt was re
 forwarded; `delivered` counts upstream answers handed back to a client still waiting
 for them (one the client gave up on, after its timeout, is not delivered). Every
 request is recorded with its arrival time and headers.
+
+With no upstream (`canned_server(answer)`) it is a tiny OpenAI-compatible server
+whose answers the test chooses per request: judges, filters and CLI runs become
+deterministic without a model. `go_down()` / `come_back()` take the proxy off the
+network for a while (new connections refused, open ones reset), as a crashed or
+restarting server would be.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from aiohttp import web
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "status" | "drop" | "slow" | "canned" | "raw"
+    kind: str  # "status" | "drop" | "slow" | "canned" | "raw" | "outage"
     status: int = 500
     retry_after: str | None = None
     delay: float = 0.0
     text: str = ""
+    usage: tuple[int, int] = (1, 1)  # canned: (prompt_tokens, completion_tokens)
 
     @classmethod
     def http(cls, status: int, retry_after: float | str | None = None) -> Fault:
@@ -41,6 +48,11 @@ class Fault:
     @classmethod
     def drop(cls) -> Fault:
         return cls("drop")
+
+    @classmethod
+    def outage(cls) -> Fault:
+        """The proxy goes down with this request (dropped), as by `go_down()`."""
+        return cls("outage")
 
     @classmethod
     def slow(cls, delay: float) -> Fault:
@@ -53,9 +65,14 @@ class Fault:
         return cls("raw", status=status, text=body)
 
     @classmethod
-    def canned(cls, text: str) -> Fault:
-        """Answer a chat completion with `text` at once, without the upstream."""
-        return cls("canned", status=200, text=text)
+    def canned(cls, text: str, prompt_tokens: int = 1, completion_tokens: int = 1) -> Fault:
+        """Answer a completion with `text` at once, without the upstream, reporting
+        the given token usage."""
+        return cls("canned", status=200, text=text, usage=(prompt_tokens, completion_tokens))
+
+
+# What a canned server answers for a request body: a completion text, or a Fault.
+Answer = Callable[[dict[str, Any]], "str | Fault"]
 
 
 # (request number, attempt number of this prompt, body) -> fault or None to forward
@@ -85,6 +102,27 @@ def always(fault: Fault) -> Rule:
     return lambda _n, _a, _b: fault
 
 
+def answering(answer: Answer) -> Rule:
+    """Every POST answered by `answer(body)`: a str is a canned completion."""
+
+    def rule(_n: int, _a: int, body: dict[str, Any]) -> Fault | None:
+        out = answer(body)
+        return Fault.canned(out) if isinstance(out, str) else out
+
+    return rule
+
+
+def canned_server(answer: Answer) -> FaultProxy:
+    """An OpenAI-compatible server on 127.0.0.1 that answers `answer(body)` to every
+    completion request (no upstream, no model). Use as a context manager."""
+    return FaultProxy("", rule=answering(answer))
+
+
+def user_text(body: dict[str, Any]) -> str:
+    """The prompt text of a request: the raw prompt or the last user message."""
+    return prompt_key(body)
+
+
 @dataclass
 class Seen:
     n: int
@@ -111,6 +149,7 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.port = 0
+        self.down = False
 
     @property
     def url(self) -> str:
@@ -141,6 +180,17 @@ class FaultProxy:
             self.delivered.clear()
             self.attempts.clear()
 
+    def go_down(self) -> None:
+        """Stop listening (new connections refused) and reset every request that
+        arrives on a connection that was already open, until `come_back()`."""
+        self.down = True
+        asyncio.run_coroutine_threadsafe(self._site.stop(), self._loop).result(10)
+
+    def come_back(self) -> None:
+        """Listen again on the same port."""
+        asyncio.run_coroutine_threadsafe(self._listen(self.port), self._loop).result(10)
+        self.down = False
+
     def times(self, prompt: str) -> list[float]:
         return [s.t for s in self.seen if s.prompt == prompt]
 
@@ -148,17 +198,26 @@ class FaultProxy:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # shutdown_timeout: a stop() does not wait for slow answers still sleeping
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await self._listen(0)
+
+    async def _listen(self, port: int) -> None:
+        self._site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await self._site.start()
+        self.port = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def _stop(self) -> None:
         await self._runner.cleanup()
         await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.down:  # a request on a connection opened before the outage
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=503)  # never written: the socket is gone
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else {}
@@ -174,7 +233,10 @@ class FaultProxy:
             rec = Seen(n, key, attempt, time.monotonic(), dict(request.headers), body, fault)
             self.seen.append(rec)
         if fault is not None:
-            if fault.kind == "drop":
+            if fault.kind == "outage":
+                self.down = True
+                await self._site.stop()
+            if fault.kind in ("drop", "outage"):
                 assert request.transport is not None
                 request.transport.abort()
                 rec.status = None
@@ -191,7 +253,8 @@ class FaultProxy:
                 else:
                     choice["text"] = fault.text
                 return web.json_response({
-                    "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                    "choices": [choice],
+                    "usage": {"prompt_tokens": fault.usage[0], "completion_tokens": fault.usage[1]},
                 })
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
@@ -201,6 +264,10 @@ class FaultProxy:
             rec.status = fault.status
             return web.json_response({"error": {"message": f"injected {fault.status}"}},
                                      status=fault.status, headers=headers)
+        if not self.upstream:
+            rec.status = 502
+            return web.json_response({"error": {"message": "no upstream, no canned answer"}},
+                                     status=502)
         with self._lock:
             self.upstream_counts[key] += 1
         fwd = {k: v for k, v in request.headers.items()

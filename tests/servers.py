@@ -1,11 +1,13 @@
 """Real local servers for tests: llama-cpp-python's OpenAI-compatible server on the
 bundled model, started on a free port of 127.0.0.1 and stopped afterwards.
 
-Import the fixtures into a test module (`from servers import llama_server`).
+The session-wide `llama_server` fixture lives in conftest.py (one server for the
+whole run: a fixture imported into several modules would start one per module).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -15,8 +17,6 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-
-import pytest
 
 SERVER_DEPS = ("llama_cpp", "fastapi", "uvicorn", "sse_starlette", "starlette_context",
                "pydantic_settings")
@@ -45,8 +45,8 @@ def wait_ready(url: str, proc: subprocess.Popen, log_path: str, timeout: float =
     raise RuntimeError(f"server at {url} not ready after {timeout}s")
 
 
-@pytest.fixture(scope="session")
-def llama_server() -> Iterator[str]:
+@contextlib.contextmanager
+def llama_cpp_server(n_ctx: int = 1024, alias: str = "smollm2") -> Iterator[str]:
     """`python -m llama_cpp.server` on the bundled SmolLM2-135M; yields its root URL
     (http://127.0.0.1:PORT, without /v1). It serves one request at a time."""
     missing = [m for m in SERVER_DEPS if importlib.util.find_spec(m) is None]
@@ -59,8 +59,8 @@ def llama_server() -> Iterator[str]:
         "w+", prefix="llama-server-", suffix=".log", delete=False
     )
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
-           "--model_alias", "smollm2", "--verbose", "False"]
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+           "--model_alias", alias, "--verbose", "False"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

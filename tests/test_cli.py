@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
-from conftest import smolforge, tiny_recipe, write_recipe
+import pytest
+from conftest import SUBPROCESS_TIMEOUT, smolforge, tiny_recipe, write_recipe
+from faultproxy import Fault, canned_server, user_text
+
+import smolforge as sf
 
 
 def test_recipes_lists_builtins():
@@ -36,9 +44,14 @@ def test_dry_run_estimates_without_writing(tmp_path):
     report = json.loads(p.stdout)
     assert [s["stage"] for s in report["stages"]] == ["items", "generate", "filter", "dedup"]
     gen = report["stages"][1]
-    assert gen["in"] == 3 and gen["tokens_per_record"] > 0 and gen["seconds_per_record"] > 0
+    # one shard's records went through; each got 1..max_tokens (8) tokens
+    assert report["stages"][0]["out"] == gen["in"] == report["sample"] == 2
+    assert 1 <= gen["tokens_per_record"] <= 8
+    assert gen["completion_tokens"] == round(gen["tokens_per_record"] * gen["in"])
     est = report["estimate"]
-    assert est["records"] == 7 and est["seconds"] > 0 and est["completion_tokens"] > 0
+    # 7 records; the generate stage keeps every record, so its tokens scale by 7
+    assert est["records"] == 7
+    assert est["completion_tokens"] == round(gen["tokens_per_record"] * 7)
     assert not (tmp_path / "run").exists()
 
 
@@ -69,3 +82,104 @@ def test_runtime_column_check_for_read_without_mapping(tmp_path):
     p = smolforge("run", str(path), "--out", str(tmp_path / "run"))
     assert p.returncode == 2
     assert "stages[1]: column 'text' is used before any stage produces it" in p.stderr
+
+
+def canned_recipe(url: str, n: int = 6, **stage) -> dict:
+    return {"name": "canned", "shard_size": 2, "stages": [
+        {"type": "items", "items": [{"topic": f"topic-{i}"} for i in range(n)]},
+        {"type": "generate", "template": "Write about {{ topic }}.", "max_tokens": 4,
+         "temperature": 0.0, **stage,
+         "engine": {"type": "openai", "base_url": url, "model": "m", "max_retries": 0}}]}
+
+
+def echo(body: dict) -> str:
+    return "text on " + user_text(body).split()[-1].rstrip(".")
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_a_rerun_resumes_without_paying_twice(tmp_path):
+    """SIGINT to the real CLI while a request is in flight: exit 130 with a resume
+    hint, the manifest says interrupted; the re-run sends only the requests that had
+    not been answered and finishes every record."""
+    first_run = {"stuck": True}
+
+    def answer(body: dict) -> str | Fault:
+        if first_run["stuck"] and user_text(body) == "Write about topic-3.":
+            return Fault.slow(60)  # in flight until the interrupt
+        return echo(body)
+
+    with canned_server(answer) as server:
+        path = write_recipe(tmp_path / "r.yaml", canned_recipe(server.url))
+        out = tmp_path / "run"
+        proc = subprocess.Popen([sys.executable, "-m", "smolforge.cli", "run", str(path), "--out", str(out),
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not any(s.prompt == "Write about topic-3." for s in server.seen):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.2)  # topic-2's answer (same shard) is in and cached
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "interrupted; re-run the same command to resume" in stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "interrupted"
+        first = sorted(s.prompt for s in server.seen)
+        assert first == [f"Write about topic-{i}." for i in range(4)]
+
+        first_run["stuck"] = False
+        server.reset(server.rule)
+        p = smolforge("run", str(path), "--out", str(out), "--json")
+        assert p.returncode == 0, p.stderr
+    # topic-0..2 were answered before the interrupt: only the rest is asked again
+    assert sorted(s.prompt for s in server.seen) == [f"Write about topic-{i}." for i in (3, 4, 5)]
+    run = sf.Run(out)
+    assert [r["text"] for r in run.data().to_pylist()] == [f"text on topic-{i}" for i in range(6)]
+    assert [a["status"] for a in run.manifest["attempts"]] == ["interrupted", "done"]
+
+
+def test_show_samples_prints_that_many_records(tmp_path):
+    with canned_server(echo) as server:
+        run = sf.run(write_recipe(tmp_path / "r.yaml", canned_recipe(server.url)), out=tmp_path / "run")
+    for n in (0, 2, 5):
+        p = smolforge("show", str(run.path), "--json", "--samples", str(n))
+        assert p.returncode == 0, p.stderr
+        assert [r["text"] for r in json.loads(p.stdout)["samples"]] == [f"text on topic-{i}" for i in range(n)]
+    human = smolforge("show", str(run.path), "--samples", "1")
+    assert human.returncode == 0, human.stderr
+    assert "'id': 'items-000000'" in human.stdout and "'id': 'items-000001'" not in human.stdout
+
+
+def test_export_chat_with_system_and_prompt_columns_loads_as_trl_messages(tmp_path):
+    """`export --format chat` writes the conversational format TRL's SFTTrainer
+    reads: a `messages` list of {role, content}, system turn first when asked."""
+    import datasets
+
+    with canned_server(echo) as server:
+        recipe = canned_recipe(server.url, n=3)
+        recipe["stages"][1]["prompt_column"] = "question"
+        recipe["stages"].insert(1, {"type": "vary", "lists": {"persona": ["You are terse."]}})
+        run = sf.run(write_recipe(tmp_path / "r.yaml", recipe), out=tmp_path / "run")
+    to = tmp_path / "chat.jsonl"
+    p = smolforge("export", str(run.path), "--format", "chat", "--to", str(to),
+                  "--prompt-column", "question", "--system-column", "persona")
+    assert p.returncode == 0, p.stderr
+    ds = datasets.load_dataset("json", data_files=str(to), split="train")
+    assert ds.column_names == ["id", "messages"]
+    assert ds[0]["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Write about topic-0."},
+        {"role": "assistant", "content": "text on topic-0"}]
+    assert ds.num_rows == 3
+
+
+def test_subprocess_timeout_is_below_pytests():
+    """A CLI subprocess that hangs fails with its own TimeoutExpired (naming the
+    command) before pytest-timeout kills the whole test."""
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "pyproject.toml").read_text()
+    timeout = int(re.search(r"^timeout = (\d+)$", text, re.M).group(1))
+    assert timeout > SUBPROCESS_TIMEOUT

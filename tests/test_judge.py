@@ -1,5 +1,7 @@
 """Judges: built-in rubrics, custom rubric files, several aspects and several
-engines, on the real bundled model (few tokens)."""
+engines. Parsing, range checks and averaging are driven by canned answers served
+over real HTTP (tests/faultproxy.py's `canned_server`), so every score, mean and
+spread is asserted exactly; one test runs the real bundled model."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 
 import pytest
 from conftest import write_recipe
+from faultproxy import Fault, canned_server, user_text
 
 import smolforge as sf
 from smolforge.recipe import Recipe, RecipeError, load_recipe
@@ -14,6 +17,11 @@ from smolforge.stages.judge import DEFAULT_SCORE_PATTERN, load_rubric, parse_sco
 
 DOCS = ["Photosynthesis is how plants turn light, water and carbon dioxide into sugar and oxygen.",
         "BUY NOW cheap watches best price click here"]
+
+
+def openai(url: str, model: str) -> dict:
+    return {"type": "openai", "base_url": url, "model": model, "retry_base_delay": 0.0,
+            "max_retries": 0}
 
 
 def test_builtin_rubrics_load():
@@ -46,61 +54,154 @@ def test_parse_score_patterns():
     assert parse_score("Educational score: 6", DEFAULT_SCORE_PATTERN, False)[0] == 6.0
 
 
-def test_fineweb_edu_structured_on_real_model(tmp_path):
-    """JSON-constrained answers always parse; every score is in range."""
-    recipe = Recipe.from_dict({"name": "edu", "stages": [
-        {"type": "items", "items": DOCS},
-        {"type": "judge", "rubric": "fineweb-edu", "column": "edu", "structured": True, "max_tokens": 48},
-    ]})
-    run = sf.run(recipe, out=tmp_path / "edu")
+# ------------------------------------------------ canned answers over HTTP
+
+RUBRIC = ("min_score: 1\nmax_score: 3\naspects:\n"
+          "  clarity: 'Rate clarity 1-3 of: {{ text }}'\n"
+          "  accuracy: 'Rate accuracy 1-3 of: {{ text }}'\n")
+
+# (model, aspect, document) -> the judge's answer
+ANSWERS = {
+    ("judge-a", "clarity", 0): "Clear and short.\nScore: 3",
+    ("judge-b", "clarity", 0): "Score: 1",
+    ("judge-a", "accuracy", 0): "Accurate.\nScore: 2",
+    ("judge-b", "accuracy", 0): "Score: 1",
+    ("judge-a", "clarity", 1): "Score: 7",  # out of [1, 3]
+    ("judge-b", "clarity", 1): "Score: 0",
+    ("judge-a", "accuracy", 1): "Score: 2",
+    ("judge-b", "accuracy", 1): "no idea",  # unparsable
+}
+
+
+def two_judges(body: dict) -> str:
+    text = user_text(body)
+    aspect = "clarity" if text.startswith("Rate clarity") else "accuracy"
+    return ANSWERS[(body["model"], aspect, 0 if DOCS[0] in text else 1)]
+
+
+def test_two_engines_two_aspects_mean_spread_and_rejects(tmp_path):
+    """Per aspect the mean over engines; the record's score the mean over aspects;
+    the spread the largest max-min over engines; every failed answer in the reason."""
+    (tmp_path / "rubric.yaml").write_text(RUBRIC)
+    with canned_server(two_judges) as server:
+        path = write_recipe(tmp_path / "r.yaml", {"name": "multi", "stages": [
+            {"type": "items", "items": DOCS},
+            {"type": "judge", "rubric": "rubric.yaml", "column": "q", "max_tokens": 8,
+             "engine": [openai(server.url, "judge-a"), openai(server.url, "judge-b")]},
+        ]})
+        run = sf.run(path, out=tmp_path / "multi")
+    assert len(server.seen) == 8  # 2 records x 2 aspects x 2 engines
+    (row,) = run.data().to_pylist()
+    assert (row["q_clarity"], row["q_accuracy"], row["q"], row["q_spread"]) == (2.0, 1.5, 1.75, 2.0)
+    # the first engine's justification per aspect
+    assert json.loads(row["q_justification"]) == {"clarity": "Clear and short.", "accuracy": "Accurate."}
+    judges = json.loads(row["meta"])["judge"]["judges"]
+    assert [(j["aspect"], j["model"], j["scores"]) for j in judges] == [
+        ("clarity", "judge-a", [3.0]), ("clarity", "judge-b", [1.0]),
+        ("accuracy", "judge-a", [2.0]), ("accuracy", "judge-b", [1.0])]
+    (rej,) = run.rejects().to_pylist()
+    assert rej["id"] == "items-000001" and rej["stage"] == "judge"
+    assert rej["reason"] == ("judge score 7 outside [1, 3] (clarity): 'Score: 7'; "
+                             "judge score 0 outside [1, 3] (clarity): 'Score: 0'; "
+                             "unparsable judge answer (accuracy): 'no idea'")
+
+
+def test_fineweb_edu_rubric_parses_score_and_truncates_the_extract(tmp_path):
+    """The built-in rubric: the last `Educational score: N` line is the score, the
+    rest the justification; only the first max_chars characters are shown; a
+    score above 5 is rejected with the raw answer."""
+    answers = {0: "It explains a process.\nEducational score: 4", 1: "Educational score: 6"}
+    with canned_server(lambda b: answers[0 if "Photosynthesis" in user_text(b) else 1]) as server:
+        run = sf.run(Recipe.from_dict({"name": "edu", "stages": [
+            {"type": "items", "items": DOCS},
+            {"type": "judge", "rubric": "fineweb-edu", "column": "edu", "max_chars": 30,
+             "max_tokens": 8, "engine": openai(server.url, "edu")}]}), out=tmp_path / "edu")
+    prompts = sorted(user_text(s.body) for s in server.seen)
+    assert DOCS[0][:30] + "\n" in prompts[1] and DOCS[0][:31] not in prompts[1]
+    (row,) = run.data().to_pylist()
+    assert (row["text"], row["edu"], row["edu_spread"]) == (DOCS[0], 4.0, 0.0)
+    assert row["edu_justification"] == "It explains a process."
+    (rej,) = run.rejects().to_pylist()
+    assert rej["reason"] == "judge score 6 outside [0, 5]: 'Educational score: 6'"
+
+
+def test_structured_judge_sends_the_schema_and_reads_json(tmp_path):
+    answers = {0: '{"justification": "clear biology", "score": 5}', 1: '{"score": 0}'}
+    with canned_server(lambda b: answers[0 if "Photosynthesis" in user_text(b) else 1]) as server:
+        run = sf.run(Recipe.from_dict({"name": "edu", "stages": [
+            {"type": "items", "items": DOCS},
+            {"type": "judge", "rubric": "fineweb-edu", "column": "edu", "structured": True,
+             "max_tokens": 8, "engine": openai(server.url, "edu")}]}), out=tmp_path / "s")
+    schema = server.seen[0].body["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["score"] == {"type": "integer", "enum": [0, 1, 2, 3, 4, 5]}
+    assert schema["required"] == ["justification", "score"]
     rows = run.data().to_pylist()
-    rejects = run.rejects().to_pylist()
-    assert len(rows) + len(rejects) == 2
-    for r in rows:
-        assert r["edu"] in {0, 1, 2, 3, 4, 5} and r["edu_spread"] == 0
-        meta = json.loads(r["meta"])["judge"]
-        assert meta["judges"][0]["aspect"] == "educational_value"
-    for r in rejects:  # a JSON answer cut off by max_tokens is the only way to fail
-        assert r["reason"].startswith("unparsable judge answer")
+    assert [(r["edu"], r["edu_justification"]) for r in rows] == [(5.0, "clear biology"), (0.0, "")]
+    assert run.rejects().num_rows == 0
 
 
-def test_custom_rubric_file_several_aspects_and_engines(tmp_path):
-    (tmp_path / "rubric.yaml").write_text(
-        "min_score: 1\nmax_score: 3\naspects:\n"
-        "  clarity: 'Rate clarity 1-3 of: {{ text }}. Answer \"Score: <n>\".'\n"
-        "  accuracy: 'Rate accuracy 1-3 of: {{ text }}. Answer \"Score: <n>\".'\n")
-    path = write_recipe(tmp_path / "r.yaml", {"name": "multi", "stages": [
-        {"type": "items", "items": DOCS[:1]},
-        {"type": "judge", "rubric": "rubric.yaml", "column": "q", "max_tokens": 12, "structured": True,
-         "engine": [{"type": "llamacpp", "n_ctx": 512}, {"type": "llamacpp", "n_ctx": 1024}]},
-    ]})
-    run = sf.run(path, out=tmp_path / "multi")
-    rows, rejects = run.data().to_pylist(), run.rejects().to_pylist()
-    assert len(rows) + len(rejects) == 1
-    if rows:
-        r = rows[0]
-        assert r["q"] == pytest.approx((r["q_clarity"] + r["q_accuracy"]) / 2)
-        assert set(json.loads(r["q_justification"])) == {"clarity", "accuracy"}
-        judges = json.loads(r["meta"])["judge"]["judges"]
-        assert len(judges) == 4  # 2 aspects x 2 engines
-        assert r["q_spread"] >= 0
-    else:
-        assert "(clarity)" in rejects[0]["reason"] or "(accuracy)" in rejects[0]["reason"]
+def test_on_fail_keep_keeps_the_record_with_an_empty_score_and_the_reason(tmp_path):
+    with canned_server(lambda b: "I would rather not say") as server:
+        run = sf.run(Recipe.from_dict({"name": "keep", "stages": [
+            {"type": "items", "items": DOCS[:1]},
+            {"type": "judge", "template": "Rate 0-5: {{ text }}", "column": "s", "max_tokens": 8,
+             "on_fail": "keep", "engine": openai(server.url, "m")}]}), out=tmp_path / "k")
+    (row,) = run.data().to_pylist()
+    assert row["s"] is None and run.rejects().num_rows == 0
+    meta = json.loads(row["meta"])["judge"]
+    assert meta["failed"] == "unparsable judge answer: 'I would rather not say'"
 
 
 def test_sample_rate_judges_a_deterministic_share(tmp_path):
-    """Unjudged records pass with an empty score (no LLM call for them)."""
+    """Unjudged records pass with an empty score and cost no LLM call; the same
+    seed picks the same records."""
     items = [f"Fact {i}: water boils at 100 degrees Celsius at sea level." for i in range(12)]
-    recipe = {"name": "sample", "seed": 3, "stages": [
-        {"type": "items", "items": items},
-        {"type": "judge", "template": "Rate 0-5: {{ text }}\nScore:", "column": "s", "max_tokens": 4,
-         "sample_rate": 0.25}]}
-    run = sf.run(Recipe.from_dict(recipe), out=tmp_path / "s")
+    with canned_server(lambda b: "Score: 3") as server:
+        recipe = {"name": "sample", "seed": 3, "stages": [
+            {"type": "items", "items": items},
+            {"type": "judge", "template": "Rate 0-5: {{ text }}\nScore:", "column": "s", "max_tokens": 4,
+             "sample_rate": 0.25, "engine": openai(server.url, "m")}]}
+        run = sf.run(Recipe.from_dict(recipe), out=tmp_path / "s")
+        calls = len(server.seen)
+        again = sf.run(Recipe.from_dict(recipe), out=tmp_path / "s2")
     rows = run.data().to_pylist()
-    judged = [r for r in rows if r["s"] is not None] + run.rejects().to_pylist()
-    unjudged = [r for r in rows if r["s"] is None]
-    assert len(judged) + len(unjudged) == 12
-    assert 1 <= len(judged) <= 7 and unjudged
+    judged = [r["text"] for r in rows if r["s"] is not None]
+    assert len(rows) == 12 and run.rejects().num_rows == 0
+    assert {r["s"] for r in rows} == {3.0, None}
+    assert 1 <= len(judged) <= 7 and calls == len(judged)  # one request per judged record
+    assert sorted(user_text(s.body).split("\n")[0][len("Rate 0-5: "):] for s in server.seen[:calls]) == \
+        sorted(judged)
     assert run.manifest["stages"][1]["generated"] == len(judged)
-    again = sf.run(Recipe.from_dict(recipe), out=tmp_path / "s2")
-    assert [r["id"] for r in again.data().to_pylist() if r["s"] is None] == [r["id"] for r in unjudged]
+    assert [r["id"] for r in again.data().to_pylist() if r["s"] is None] == \
+        [r["id"] for r in rows if r["s"] is None]
+
+
+def test_engine_error_rejects_with_the_engine_and_its_error(tmp_path):
+    with canned_server(lambda b: Fault.http(400)) as server:
+        run = sf.run(Recipe.from_dict({"name": "err", "stages": [
+            {"type": "items", "items": DOCS[:1]},
+            {"type": "judge", "template": "Rate 0-5: {{ text }}", "column": "s", "max_tokens": 4,
+             "engine": openai(server.url, "m")}]}), out=tmp_path / "e")
+    assert run.data().num_rows == 0
+    (rej,) = run.rejects().to_pylist()
+    assert rej["reason"].startswith("engine error (openai): HTTP 400")
+
+
+# ---------------------------------------------------------------- real model
+
+
+def test_fineweb_edu_structured_on_real_model(tmp_path):
+    """The bundled model, JSON-constrained to {"score": n}: every answer parses and
+    is in range, so no record is rejected."""
+    recipe = Recipe.from_dict({"name": "edu", "stages": [
+        {"type": "items", "items": DOCS},
+        {"type": "judge", "rubric": "fineweb-edu", "column": "edu", "structured": True,
+         "justify": False, "max_tokens": 8},
+    ]})
+    run = sf.run(recipe, out=tmp_path / "edu")
+    rows = run.data().to_pylist()
+    assert run.rejects().num_rows == 0 and [r["text"] for r in rows] == DOCS
+    for r in rows:
+        assert r["edu"] in {0, 1, 2, 3, 4, 5} and r["edu_spread"] == 0
+        (j,) = json.loads(r["meta"])["judge"]["judges"]
+        assert j["aspect"] == "educational_value" and j["scores"] == [r["edu"]]

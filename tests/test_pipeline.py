@@ -5,13 +5,16 @@ with datasets, pandas and pyarrow."""
 from __future__ import annotations
 
 import json
+from importlib import metadata
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import smolforge, tiny_recipe, write_recipe
+from faultproxy import canned_server, user_text
 
 import smolforge as sf
 from smolforge.recipe import Recipe
+from smolforge.text import words
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +44,18 @@ def test_provenance_in_meta(tiny_run):
     assert g["engine"] == "llamacpp" and g["model"] == "smollm2-135m"
     assert len(g["template_hash"]) == 16 and g["sampling"]["max_tokens"] == 8
     assert g["sampling"]["temperature"] == 0.0 and isinstance(g["sampling"]["seed"], int)
-    assert g["created_at"] > 1.7e9 and g["finish_reason"] in ("stop", "length")
+    assert g["created_at"] > 1.7e9
+    # at most max_tokens; cut off exactly when the budget ran out
+    assert 1 <= g["tokens"] <= 8 and (g["finish_reason"] == "length") == (g["tokens"] == 8)
     assert row["prompt"] == f"Write one sentence about {row['topic']}."
-    assert row["text"]
+    assert len(words(row["text"])) >= 2 and row["text"] == row["text"].strip()  # passed the filter
 
 
 def test_manifest(tiny_run):
     m = tiny_run.manifest
     assert m["status"] == "done" and m["recipe"] == "tiny"
-    assert m["versions"]["smolforge"] and m["versions"]["pyarrow"]
+    assert m["versions"]["smolforge"] == metadata.version("smolforge")
+    assert m["versions"]["pyarrow"] == metadata.version("pyarrow")
     eng = m["engines"][0]
     assert eng["type"] == "llamacpp" and len(eng["identity"]["sha256"]) == 64
     stages = {s["name"]: s for s in m["stages"]}
@@ -111,22 +117,26 @@ def test_n_samples_fan_out_and_template_is_data(tmp_path):
 
 
 def test_judge_parses_scores_and_rejects_unparsable(tmp_path):
-    """A real judge run with a tiny budget: every record is either scored within
-    range with its justification, or rejected with the raw answer as reason."""
-    recipe = Recipe.from_dict({
-        "name": "judged", "seed": 1, "stages": [
-            {"type": "items", "items": ["Photosynthesis turns light into chemical energy in plants.",
-                                        "buy now!!! cheap watches", "The mitochondria is the powerhouse of the cell."]},
-            {"type": "judge", "column": "edu", "max_tokens": 24,
-             "template": "Rate the educational value of this text from 0 to 5.\n{{ text }}\nAnswer with 'Score: <n>'."},
-        ]})
-    run = sf.run(recipe, out=tmp_path / "j")
-    for r in run.data().to_pylist():
-        assert 0 <= r["edu"] <= 5 and "edu_justification" in r
-    for r in run.rejects().to_pylist():
-        assert r["stage"] == "judge"
-        assert r["reason"].startswith(("unparsable judge answer: ", "judge score "))
-    assert run.data().num_rows + run.rejects().num_rows == 3
+    """Every record is either scored within range with its justification, or
+    rejected with the raw answer as reason (canned answers over HTTP)."""
+    texts = ["Photosynthesis turns light into chemical energy in plants.",
+             "buy now!!! cheap watches", "The mitochondria is the powerhouse of the cell."]
+    answers = dict(zip(texts, ["Explains a process.\nScore: 4", "Score: 9", "hard to say"]))
+    with canned_server(lambda b: answers[user_text(b).split("\n")[1]]) as server:
+        recipe = Recipe.from_dict({
+            "name": "judged", "seed": 1, "stages": [
+                {"type": "items", "items": texts},
+                {"type": "judge", "column": "edu", "max_tokens": 8,
+                 "engine": {"type": "openai", "base_url": server.url, "model": "m"},
+                 "template": "Rate the educational value of this text from 0 to 5.\n{{ text }}\n"
+                             "Answer with 'Score: <n>'."},
+            ]})
+        run = sf.run(recipe, out=tmp_path / "j")
+    assert [(r["text"], r["edu"], r["edu_justification"]) for r in run.data().to_pylist()] == [
+        (texts[0], 4.0, "Explains a process.")]
+    assert {r["id"]: (r["stage"], r["reason"]) for r in run.rejects().to_pylist()} == {
+        "items-000001": ("judge", "judge score 9 outside [0, 5]: 'Score: 9'"),
+        "items-000002": ("judge", "unparsable judge answer: 'hard to say'")}
 
 
 def test_parse_score_rules():
@@ -140,7 +150,7 @@ def test_parse_score_rules():
     assert parse_score('{"justification": "ok", "score": 5}', DEFAULT_SCORE_PATTERN, True) == (5.0, "ok")
 
 
-def test_empty_source_and_all_rejected_do_not_crash(tmp_path):
+def test_empty_source_finishes_with_no_rows(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     recipe = write_recipe(tmp_path / "r.yaml", {
         "name": "empty", "stages": [
@@ -149,7 +159,27 @@ def test_empty_source_and_all_rejected_do_not_crash(tmp_path):
             {"type": "dedup"},
         ]})
     run = sf.run(recipe, out=tmp_path / "e")
-    assert run.data().num_rows == 0 and run.manifest["status"] == "done"
+    assert run.manifest["status"] == "done"
+    assert run.data().num_rows == 0 and run.rejects().num_rows == 0
+    assert [(s["name"], s.get("in", 0), s.get("out", 0)) for s in run.manifest["stages"]] == [
+        ("read", 0, 0), ("filter", 0, 0), ("dedup", 0, 0)]
+
+
+def test_all_rejected_finishes_with_every_record_in_the_rejects(tmp_path):
+    """A filter that drops everything leaves later stages with empty shards: the run
+    still finishes, and each record is in the rejects with the filter's reason."""
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        "name": "none", "shard_size": 2, "stages": [
+            {"type": "items", "items": ["one", "two", "three"]},
+            {"type": "filter", "where": "words(text) > 1"},
+            {"type": "dedup"},
+        ]})
+    run = sf.run(recipe, out=tmp_path / "n")
+    assert run.manifest["status"] == "done" and run.data().num_rows == 0
+    rej = run.rejects().to_pylist()
+    assert [(r["id"], r["stage"], r["reason"]) for r in rej] == [
+        (f"items-00000{i}", "filter", f"filter 'words(text) > 1' is false (text={t!r})")
+        for i, t in enumerate(["one", "two", "three"])]
 
 
 def test_recipe_change_recomputes_only_from_changed_stage(tmp_path):
@@ -171,3 +201,32 @@ def test_recipe_change_recomputes_only_from_changed_stage(tmp_path):
     changed["stages"][1]["max_tokens"] = 5
     third = sf.run(Recipe.from_dict(changed), out=out)
     assert third.manifest["attempts"][-1]["generated"] == 6  # 7 prompts, one repeated
+
+
+def test_generate_with_two_engines_raw_and_system(tmp_path):
+    """Several engines: one record per completion, `<id>.<k>` in engine order, each
+    with its own engine in the provenance. `system` becomes the first chat message;
+    `raw` sends the bare prompt to the completions endpoint instead."""
+    with canned_server(lambda b: f"{b['model']} says hi") as server:
+        engines = [{"type": "openai", "base_url": server.url, "model": m} for m in ("a", "b")]
+        chat = sf.run(Recipe.from_dict({"name": "two", "stages": [
+            {"type": "items", "items": [{"topic": "cats"}]},
+            {"type": "generate", "template": "About {{ topic }}.", "system": "You like {{ topic }}.",
+             "max_tokens": 4, "temperature": 0.0, "engine": engines}]}), out=tmp_path / "chat")
+        bodies = [s.body for s in server.seen]
+        server.reset(server.rule)
+        raw = sf.run(Recipe.from_dict({"name": "raw", "stages": [
+            {"type": "items", "items": [{"topic": "cats"}]},
+            {"type": "generate", "template": "About {{ topic }}.", "raw": True,
+             "max_tokens": 4, "temperature": 0.0, "engine": engines[0]}]}), out=tmp_path / "raw")
+        raw_seen = list(server.seen)
+    rows = chat.data().to_pylist()
+    assert [(r["id"], r["text"]) for r in rows] == [("items-000000.0", "a says hi"),
+                                                    ("items-000000.1", "b says hi")]
+    assert [json.loads(r["meta"])["generate"]["model"] for r in rows] == ["a", "b"]
+    assert [b["messages"] for b in bodies] == [[
+        {"role": "system", "content": "You like cats."},
+        {"role": "user", "content": "About cats."}]] * 2
+    (req,) = raw_seen
+    assert req.body["prompt"] == "About cats." and "messages" not in req.body
+    assert [(r["id"], r["text"]) for r in raw.data().to_pylist()] == [("items-000000", "a says hi")]

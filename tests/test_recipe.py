@@ -122,10 +122,12 @@ def test_cli_exit_code_2_and_message(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing ran
 
 
-def test_cli_set_override_is_validated(tmp_path):
+def test_cli_set_override_is_validated_and_blamed_on_the_argument(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
     p = smolforge("run", str(path), "--out", str(tmp_path / "run"), "--set", "stages[1].n=many")
-    assert p.returncode == 2 and "stages[1].n: expected an integer" in p.stderr
+    assert p.returncode == 2
+    assert '--set stages[1].n=many: expected an integer, got "many"' in p.stderr
+    assert "r.yaml:" not in p.stderr  # the value is not on any line of the file
 
 
 def test_builtin_recipe_typo(tmp_path):

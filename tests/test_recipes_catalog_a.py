@@ -2,15 +2,20 @@
 chunk, vary, seeds, render, mix_real. The unit tests use real text and the real
 stages; the recipe tests run each recipe end to end through the CLI on the bundled
 model with a few tokens per call (outputs are weak: structure is asserted, not
-quality)."""
+quality); textbooks' judge answers from a canned server over HTTP, so that its
+filter's decisions are known."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import smolforge
+from faultproxy import canned_server
 
 from smolforge.context import EnginePool, StageContext
 from smolforge.recipe import BUILTIN_DIR, load_recipe
@@ -193,16 +198,10 @@ def test_render_appends_and_rejects_failures():
 # gets a few tokens and the length floors are low, so that records reach the end.
 
 GREEDY = "temperature=0"
-# repeat_penalty 1.0: the embedded engine's penalty sampler fails under the current
-# llama-cpp-python binding (being fixed in engines/); drop these once it works.
-NO_PENALTY = {"textbooks": ["stages[1].repeat_penalty=1.0"], "rephrase": ["stages[3].repeat_penalty=1.0"],
-              "instructions": ["stages[3].repeat_penalty=1.0"]}
 TINY = {
     "textbooks": ["stages[0].seeds=documents", "stages[0].documents=docs/*.txt", "stages[0].mention_topic=0",
                   "stages[0].lists.audience=[middle school students]", "stages[0].lists.style=[blog post]",
-                  f"stages[1].{GREEDY}", "stages[1].max_tokens=10", "stages[2].min_words=2",
-                  "stages[3].max_tokens=6", "stages[3].on_fail=keep",
-                  "stages[4].where=is_null(edu_score) or edu_score >= 3"],
+                  f"stages[1].{GREEDY}", "stages[1].max_tokens=10", "stages[2].min_words=2"],
     "rephrase": ["stages[0].path=docs/*.txt", "stages[2].lists.task=[wikipedia]", f"stages[3].{GREEDY}",
                  "stages[3].max_tokens=10", "stages[4].min_tokens=2"],
     "instructions": ["stages[0].path=docs/*.txt", "stages[2].lists.transformation=[set of notes]",
@@ -211,6 +210,16 @@ TINY = {
                      *(f"stages[{i}].{GREEDY}" for i in (3, 6, 8, 9, 12)),
                      *(f"stages[{i}].max_tokens=8" for i in (3, 6, 8, 9, 12))],
 }
+# The textbooks judge (stages[3], fineweb-edu, structured) asks a canned server: the
+# model name says which score it answers; the shipped filter keeps >= 3.
+EDU_SCORES = {"edu-high": 4, "edu-low": 2}
+
+
+def edu_judge(url: str, model: str) -> str:
+    spec = {"type": "openai", "base_url": url, "model": model, "max_retries": 0}
+    return f"stages[3].engine={json.dumps(spec)}"
+
+
 KNOBS = {"textbooks": {"seeds", "audience", "style", "topic_mentioned"}, "rephrase": {"task", "source"},
          "instructions": {"transformation", "skill"}}
 
@@ -222,8 +231,28 @@ def test_builtin_recipes_validate_and_textbooks_demo_override():
     assert r.stages[0].count == 16 and r.stages[0].seeds == "topics"
 
 
+@pytest.fixture(scope="module")
+def judge_server():
+    def answer(body: dict) -> str:
+        return json.dumps({"justification": "Clear and on topic.", "score": EDU_SCORES[body["model"]]})
+
+    with canned_server(answer) as server:
+        yield server
+
+
+def run_recipe(recipe: Path, out: Path, sets: list[str], *extra: str) -> dict:
+    args = ["run", str(recipe), "--out", str(out), "--quiet", *extra]
+    for ov in sets:
+        args += ["--set", ov]
+    p = smolforge(*args, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    show = smolforge("show", str(out), "--json")
+    assert show.returncode == 0, show.stderr
+    return json.loads(show.stdout)
+
+
 @pytest.fixture(scope="module", params=list(TINY))
-def recipe_run(request, tmp_path_factory):
+def recipe_run(request, tmp_path_factory, judge_server):
     name = request.param
     work = tmp_path_factory.mktemp(name)
     (work / "docs").mkdir()
@@ -234,16 +263,11 @@ def recipe_run(request, tmp_path_factory):
     recipe.write_text((BUILTIN_DIR / f"{name}.yaml").read_text())
     (work / name).symlink_to(BUILTIN_DIR / name)
     out = work / "run"
-    args = ["run", str(recipe), "--out", str(out), "--quiet"]
-    for ov in TINY[name] + NO_PENALTY[name]:
-        args += ["--set", ov]
-    p = smolforge(*args, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    show = smolforge("show", str(out), "--json")
-    assert show.returncode == 0, show.stderr
-    return name, out, json.loads(show.stdout)
+    sets = TINY[name] + ([edu_judge(judge_server.url, "edu-high")] if name == "textbooks" else [])
+    return name, out, run_recipe(recipe, out, sets)
 
 
+@pytest.mark.slow
 def test_recipe_runs_with_knobs_and_drop_reasons(recipe_run):
     name, out, summary = recipe_run
     assert summary["status"] == "done"
@@ -251,13 +275,42 @@ def test_recipe_runs_with_knobs_and_drop_reasons(recipe_run):
     rows = summary["data"]["rows"]
     assert rows == (2 * synthetic if name == "rephrase" else synthetic), summary["rejects"]
     assert KNOBS[name] <= set(summary["knobs"]), summary.get("knobs")
-    assert summary["first_words"]
+    texts = pq.read_table(out / "data", columns=["text"]).column("text").to_pylist()
+    assert len(texts) == rows
+    want = Counter(" ".join(t.split()[:5]) for t in texts).most_common(5)
+    assert summary["first_words"] == [list(w) for w in want]
     dups = [g for g in summary["rejects"] if g["stage"] == "dedup"]
     assert [(g["reason"], g["count"]) for g in dups] == [("exact duplicate of <id>", 1)]
     if name == "rephrase":
         assert dict(summary["knobs"]["source"]) == {"real": 1, "synthetic": 1}  # 1:1 by default
     if name == "textbooks":
         assert dict(summary["knobs"]["topic_mentioned"]) == {"no": 1}
+        # the shipped generate stage (repeat_penalty 1.1) ran; the judge's score is kept
+        assert {s["name"]: s for s in summary["stages"]}["generate"]["generated"] == 1
+        row = summary["samples"][0]
+        assert (row["edu_score"], row["edu_score_justification"]) == (4.0, "Clear and on topic.")
     if name == "instructions":
         row = summary["samples"][0]
         assert row["prompt"].endswith(row["instruction"]) and row["seed_instruction"] and row["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe_run", ["textbooks"], indirect=True)
+def test_textbooks_filter_drops_what_the_judge_scores_below_3(recipe_run, judge_server, tmp_path):
+    """The same run with a judge that answers 2: generate is reused, the judge is
+    asked again, and the shipped filter (edu_score >= 3) drops both records."""
+    _, out, _ = recipe_run
+    low = tmp_path / "low"
+    shutil.copytree(out, low)
+    recipe = out.parent / "textbooks.yaml"
+    summary = run_recipe(recipe, low, TINY["textbooks"] + [edu_judge(judge_server.url, "edu-low")],
+                         "--allow-empty")
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert stages["edu_judge"]["out"] == 2
+    # this attempt's only new request: the judge on the (twice identical) text
+    attempt = json.loads((low / "manifest.json").read_text())["attempts"][-1]
+    assert attempt["generated"] == 1
+    assert summary["data"]["rows"] == 0
+    rej = pq.read_table(low / "rejects").to_pylist()
+    assert [(r["stage"], r["reason"]) for r in rej] == [
+        ("filter", "filter 'edu_score >= 3' is false (edu_score=2.0)")] * 2

@@ -2,8 +2,9 @@
 the bundled model through the CLI with a tiny token budget; `show --json` has the
 knob distributions and the drop reasons. Plus the rules that do not need a model:
 near-duplicate personas, Evol-Instruct's elimination rules, Self-Instruct's task
-checks and parsing, and Magpie's pre-query template; and Magpie against a real
-completions endpoint (llama-cpp-python's server)."""
+checks and parsing, and Magpie's pre-query template. Evol-Instruct and Magpie on
+a completions endpoint also run against canned answers over HTTP
+(tests/faultproxy.py), so what they keep and send is asserted exactly."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ import re
 import pytest
 import yaml
 from conftest import smolforge
-from servers import llama_server  # noqa: F401  (fixture)
+from faultproxy import canned_server, user_text
 
 import smolforge as sf
 from smolforge.recipe import BUILTIN_DIR, Recipe
 from smolforge.rouge import rouge_l
 
 
-def run_cli(tmp_path, name: str, *sets: str, limit: int = 2, out=None) -> dict:
+def run_cli(tmp_path, name: str, *sets: str, limit: int = 2, out=None, allow_empty=False) -> dict:
     out = out or tmp_path / name
     args = ["run", name, "--limit", str(limit), "--out", str(out), "--quiet"]
+    if allow_empty:
+        args.append("--allow-empty")
     for s in sets:
         args += ["--set", s]
     p = smolforge(*args, timeout=900)
@@ -46,6 +49,7 @@ def reasons(run, stage: str) -> list[str]:
 # ------------------------------------------------------------------ personas
 
 
+@pytest.mark.slow
 def test_personas_end_to_end(tmp_path):
     s = run_cli(tmp_path, "personas",
                 "stages[2].max_tokens=16", "stages[3].min_words=2",
@@ -95,6 +99,7 @@ SELF_INSTRUCT_TINY = ("stages[1].target=2", "stages[1].prompts_per_round=2", "st
                       "stages[2].max_tokens=8", "stages[3].min_words=1")
 
 
+@pytest.mark.slow
 def test_self_instruct_end_to_end(tmp_path):
     s = run_cli(tmp_path, "self_instruct", *SELF_INSTRUCT_TINY, limit=4)
     run = s["_run"]
@@ -152,10 +157,15 @@ def test_self_instruct_task_rules_and_parsing():
 # ------------------------------------------------------------------ evol-instruct
 
 
+@pytest.mark.slow
 def test_evol_instruct_end_to_end(tmp_path):
+    """On the bundled model every evolution may be eliminated (its rewrites often
+    copy the markers): what is asserted is that each drop has one of the paper's
+    reasons and each kept record its lineage. What is kept, and why, is asserted
+    exactly on canned answers below."""
     s = run_cli(tmp_path, "evol_instruct",
                 "stages[1].rounds=2", "stages[1].max_tokens=24", "stages[1].answer_max_tokens=8",
-                "stages[2].min_words=1")
+                "stages[2].min_words=1", allow_empty=True)
     run = s["_run"]
     ops = {"add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"}
     rejected = [json.loads(r["record"]) for r in run.rejects().to_pylist()]
@@ -170,9 +180,43 @@ def test_evol_instruct_end_to_end(tmp_path):
         assert k["operation"] in ops and k["round"] in (1, 2)
         assert rec["id"] == f"{rec['id'].rsplit('.', 1)[0]}.{k['round']}"
         assert rec["parent_id"].startswith("read-") and rec["evolved_from"]
-    if run.data().num_rows:
-        assert {"operation", "round"} <= set(s["knobs"])
-        assert all(r["text"] for r in run.data().to_pylist())
+    # knobs are reported for exactly the records that reached the data
+    n_ops = sum(n for _, n in s.get("knobs", {}).get("operation", []))
+    assert n_ops == run.data().num_rows
+
+
+SUFFIXES = ["Use one worked example.", "Then compare two methods."]
+ANSWER = "Evaporation lifts water; condensation forms clouds; rain returns it."
+
+
+def evol_answer(body: dict) -> str:
+    """A rewriter that adds one new sentence per round; an answerer that answers."""
+    text = user_text(body)
+    for marker in ("#Rewritten Prompt#:", "#Created Prompt#:"):
+        if text.endswith(marker):
+            parent = text[: -len(marker)].rstrip().rsplit("\n", 1)[-1]
+            return f"{parent} {next(x for x in SUFFIXES if x not in parent)}"
+    return ANSWER
+
+
+def test_evol_instruct_rounds_on_canned_answers(tmp_path):
+    """Two rounds over two seeds with a rewriter that always adds information: each
+    round's evolution is kept (round 2 evolves round 1), each with its answer; the
+    seeds themselves are dropped as inputs."""
+    with canned_server(evol_answer) as server:
+        spec = json.dumps({"type": "openai", "base_url": server.url, "model": "m", "max_retries": 0})
+        s = run_cli(tmp_path, "evol_instruct", "stages[1].rounds=2", f"stages[1].engine={spec}")
+    run = s["_run"]
+    seeds = [json.loads(x)["instruction"]
+             for x in (BUILTIN_DIR / "evol_instruct/seeds.jsonl").read_text().splitlines()[:2]]
+    one, two = (f"{SUFFIXES[0]}", f"{SUFFIXES[0]} {SUFFIXES[1]}")
+    got = sorted((m["knobs"]["round"], r["evolved_from"], r["instruction"], r["text"])
+                 for r, m in zip(run.data().to_pylist(), metas(run)))
+    assert got == sorted([(1, seed, f"{seed} {one}", ANSWER) for seed in seeds]
+                         + [(2, f"{seed} {one}", f"{seed} {two}", ANSWER) for seed in seeds])
+    assert sorted(reasons(run, "evol_instruct")) == ["input instruction, evolved (keep_inputs: false)"] * 2
+    # one rewrite and one answer per seed and round
+    assert len(server.seen) == 2 * 2 * 2
 
 
 def test_evol_elimination_rules():
@@ -215,6 +259,7 @@ def test_evol_operations_validated():
 # ------------------------------------------------------------------ magpie
 
 
+@pytest.mark.slow
 def test_magpie_end_to_end(tmp_path):
     s = run_cli(tmp_path, "magpie", "stages[1].n=2", "stages[1].max_tokens=24",
                 "stages[1].response_max_tokens=8", "stages[2].min_words=1")
@@ -233,8 +278,8 @@ def test_magpie_end_to_end(tmp_path):
         assert row["system"].startswith("You are an AI assistant that helps people solve math") == (
             row["domain"] == "math")
         assert meta["magpie"]["query"]["sampling"]["stop"] == ["<|im_end|>"]
-    if run.data().num_rows:
-        assert "domain" in s["knobs"]
+    assert run.data().num_rows >= 1, run.rejects().to_pylist()  # greedy answers, seeded queries
+    assert sum(n for _, n in s["knobs"]["domain"]) == run.data().num_rows
 
 
 def test_magpie_pre_query_templates():
@@ -257,23 +302,32 @@ def test_magpie_pre_query_templates():
     assert "<|im_start|>" in smol.markup
 
 
-def test_magpie_on_a_completions_endpoint(tmp_path, llama_server):  # noqa: F811
+QUERY = "How do I reverse a list in Python?"
+REPLY = "Use reversed(), or slice it with [::-1]."
+
+
+def test_magpie_on_a_completions_endpoint(tmp_path):
+    """Against a completions endpoint, Magpie sends the bare pre-query template (the
+    system prompt of the record's domain, then an open user turn) and stops at the
+    end of the turn; the answer request replays the query in the template."""
+    from smolforge.engines.chat_template import CHATML, ChatTemplate
+    from smolforge.stages.magpie import PreQuery
+
     data = yaml.safe_load((BUILTIN_DIR / "magpie.yaml").read_text())
-    data["engine"] = {"type": "openai", "base_url": llama_server + "/v1", "model": "smollm2",
-                      "endpoint": "completions"}
-    data["stages"][0]["items"] = [{"domain": "code"}]
-    data["stages"][1].update(chat_template="chatml", max_tokens=24, response_max_tokens=8, n=1,
-                             drop_truncated=False)
-    data["stages"][2]["min_words"] = 1
-    run = sf.run(Recipe.from_dict(data, base_dir=BUILTIN_DIR), out=tmp_path / "m")
-    rows, rej = run.data().to_pylist(), run.rejects().to_pylist()
-    assert len(rows) + len(rej) == 1
-    for r in rej:
-        assert r["reason"].startswith(("empty query", "query contains chat markup", "empty answer",
-                                       "text_quality")), r["reason"]
-    if rows:
-        meta = metas(run)[0]
-        assert rows[0]["instruction"] and meta["knobs"]["domain"] == "code"
-        assert meta["magpie"]["query"]["engine"] == "openai"
-    magpie = run.manifest["stages"][1]
-    assert magpie["generated"] == 1 + magpie["out"]  # one query; one answer if it was kept
+    system = yaml.safe_load((BUILTIN_DIR / "magpie/system_prompts.yaml").read_text())["code"]
+    with canned_server(lambda b: QUERY if b["prompt"].endswith("user\n") else REPLY) as server:
+        data["engine"] = {"type": "openai", "base_url": server.url + "/v1", "model": "smollm2",
+                          "endpoint": "completions"}
+        data["stages"][0]["items"] = [{"domain": "code"}]
+        data["stages"][1].update(chat_template="chatml", max_tokens=8, response_max_tokens=8, n=1)
+        data["stages"][2]["min_words"] = 1
+        run = sf.run(Recipe.from_dict(data, base_dir=BUILTIN_DIR), out=tmp_path / "m")
+    pre = PreQuery(ChatTemplate(CHATML), system)
+    query, answer = (s.body for s in server.seen)
+    assert (query["prompt"], query["stop"], query["max_tokens"]) == (pre.prefix, ["<|im_end|>"], 8)
+    assert answer["prompt"] == pre.respond(QUERY) and "messages" not in answer
+    (row,) = run.data().to_pylist()
+    assert (row["instruction"], row["text"], row["system"]) == (QUERY, REPLY, system)
+    meta = metas(run)[0]
+    assert meta["knobs"]["domain"] == "code" and meta["magpie"]["query"]["engine"] == "openai"
+    assert run.rejects().num_rows == 0 and run.manifest["stages"][1]["generated"] == 2

@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from conftest import tiny_recipe, write_recipe
 
 TOPICS = ["cats", "rivers", "fractions", "stars", "cats", "bread", "rain", "maps", "glass",
@@ -96,3 +98,62 @@ def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
     assert done_markers(out) == before
     last = json.loads((out / "manifest.json").read_text())["attempts"][-1]
     assert last["generated"] == 0 and last["status"] == "done"
+
+
+def judge_recipe(tmp_path: Path) -> Path:
+    """generate -> judge (LLM, parsing) -> train_classifier and minhash (global stages)."""
+    topics = TOPICS[:8]
+    r = {
+        "name": "crash-judge", "seed": 5, "shard_size": 2,
+        "stages": [
+            {"type": "items", "items": [{"topic": t} for t in topics]},
+            {"type": "generate", "template": "Write one sentence about {{ topic }}.",
+             "max_tokens": 12, "temperature": 0.0},
+            {"type": "judge", "rubric": "fineweb-edu", "column": "edu_label", "structured": True,
+             "justify": False, "max_tokens": 8, "on_fail": "keep"},
+            {"type": "train_classifier", "label_column": "edu_label", "min_labels": 4,
+             "threshold": 1, "model_path": "clf.npz"},
+            {"type": "dedup", "method": "minhash", "column": "text"},
+        ],
+    }
+    return write_recipe(tmp_path / "crash_judge.yaml", r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_kill_9_uniformly_during_judge_and_global_stages_then_resume_equals_uninterrupted(tmp_path):
+    path = judge_recipe(tmp_path)
+    ref = tmp_path / "ref"
+    t0 = time.monotonic()
+    p = start(path, ref)
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+    duration = time.monotonic() - t0
+
+    out = tmp_path / "crash"
+    rng = random.Random(int(os.environ.get("SMOLFORGE_KILL_SEED", "11")))
+    stages_seen: set[str] = set()
+    for _ in range(4):
+        p = start(path, out)
+        time.sleep(rng.uniform(0.0, duration))
+        if p.poll() is not None:
+            continue
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        # the stage the kill landed in: the first one not marked done
+        for d in sorted((out / "stages").glob("*")):
+            if not (d / "_DONE").exists():
+                stages_seen.add(d.name.split("-", 1)[1])
+                break
+    p = start(path, out)
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+
+    cols = ["id", "topic", "text", "edu_label"]
+    assert table(out, "data", cols) == table(ref, "data", cols)
+    assert table(out, "rejects", ["id", "stage", "reason"]) == table(ref, "rejects", ["id", "stage", "reason"])
+    kept = [r[0] for r in table(out, "data", ["id"])]
+    rejected = [r[0] for r in table(out, "rejects", ["id"])]
+    assert len(kept) == len(set(kept)) and len(kept) + len(rejected) == 8
+    mine, theirs = np.load(out / "clf.npz"), np.load(ref / "clf.npz")
+    assert sorted(mine.files) == sorted(theirs.files)
+    assert all(np.array_equal(mine[k], theirs[k]) for k in mine.files)
+    assert stages_seen, "no kill landed inside the run"

@@ -15,17 +15,22 @@ def run(
     limit: int | None = None,
     overrides: list[str] | None = None,
     cache: str | Path | None = None,
+    allow_paths: list[str | Path] | None = None,
 ):
     """Run a recipe (a `Recipe`, a dict, a YAML path or a built-in name) into `out`
     and return the `Run`; `.data()` gives the final pyarrow Table. Re-running
-    with the same `out` resumes."""
+    with the same `out` resumes. `overrides` are `--set PATH=VALUE` strings and
+    `allow_paths` extra folders the recipe may read from (`--allow-path`), for
+    every kind of `recipe`."""
     from smolforge.recipe import Recipe, load_recipe
     from smolforge.runner import Runner
 
     if isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
-    elif not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
+        recipe = Recipe.from_dict(recipe, overrides=overrides, allow_paths=allow_paths)
+    elif isinstance(recipe, Recipe):
+        recipe = recipe.with_overrides(overrides, allow_paths)
+    else:
+        recipe = load_recipe(recipe, overrides, allow_paths=allow_paths)
     return Runner(recipe, out, limit=limit, cache=cache).run()
 
 

@@ -1,8 +1,10 @@
 """Command line: `smolforge run | recipes | show | export`.
 
-Exit codes: 0 done, 1 the run failed (bad input, engine unavailable; finished work
-is kept and a re-run resumes), 2 the recipe or the command line is invalid,
-130 interrupted.
+Exit codes: 0 done; 1 the run failed or is incomplete (bad input, engine down,
+records that failed for engine reasons, run directory in use; finished work is
+kept and a re-run resumes or retries); 2 the recipe or the command line is invalid
+(or --out is a directory that is not a run); 3 the run kept no records (unless
+--allow-empty); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +21,15 @@ from rich.console import Console
 from smolforge import __version__
 
 DEFAULT_RECIPE = "textbooks"
+EXIT_EMPTY = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops cleanly and can be resumed."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="validate, run a few records, estimate the whole run")
     r.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
     r.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    r.add_argument("--allow-path", dest="allow_paths", action="append", default=[], metavar="DIR",
+                   help="let the recipe read files under DIR too (repeatable; default: only the "
+                   "recipe's folder and the working directory)")
+    r.add_argument("--allow-empty", action="store_true",
+                   help="exit 0 even when the run keeps no records (default: exit 3)")
 
     rs = sub.add_parser("recipes", help="list built-in recipes")
     rs.add_argument("--json", action="store_true")
@@ -58,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     err = Console(stderr=True, soft_wrap=True)
     from smolforge.recipe import RecipeError
+    from smolforge.store import RunDirError, RunLocked
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return {"run": cmd_run, "recipes": cmd_recipes, "show": cmd_show, "export": cmd_export}[args.command](args)
     except RecipeError as e:
@@ -66,9 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.problems:
             err.print(f"  {line}", highlight=False, markup=False)
         return 2
-    except KeyboardInterrupt:
-        err.print("interrupted; re-run the same command to resume")
-        return 130
+    except RunDirError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        return 2
+    except RunLocked as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        return 1
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        err.print(f"{what}; re-run the same command to resume")
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:
         if os.environ.get("SMOLFORGE_DEBUG"):
             raise
@@ -82,11 +108,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from smolforge.report import print_summary, summarize
     from smolforge.runner import Runner
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, allow_paths=args.allow_paths)
     if args.dry_run:
         from smolforge.dryrun import dry_run
 
-        report = dry_run(recipe, limit=args.limit)
+        report = dry_run(recipe, limit=args.limit, cache=args.cache)
         if args.json:
             print(json.dumps(report, default=str, indent=2))
         else:
@@ -101,23 +127,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, default=str, indent=2))
     elif not args.quiet:
         print_summary(summary)
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    failures = run.manifest.get("engine_failures", {})
+    if failures.get("records"):
+        err.print(f"[red]{failures['records']} record(s) failed for engine reasons[/red] "
+                  f"(first: {failures['first_error']}); re-run to retry")
+        return 1
+    if summary["data"].get("rows", 0) == 0 and not args.allow_empty:
+        err.print("[red]the run kept no records[/red]" + _why_empty(summary)
+                  + "\n(--allow-empty to accept an empty dataset)")
+        return EXIT_EMPTY
     return 0
 
 
+def _why_empty(summary: dict) -> str:
+    """Which stage dropped the most, and its top reasons."""
+    stages = [s for s in summary["stages"] if s.get("rejected")]
+    if not stages:
+        return ": the source produced no records"
+    worst = max(stages, key=lambda s: s["rejected"])
+    reasons = [g for g in summary["rejects"] if g["stage"] == worst["name"]][:3]
+    lines = [f": stage {worst['name']!r} dropped {worst['rejected']} of {worst.get('in', '?')}"]
+    lines += [f"  {g['count']} x {g['reason']} (e.g. {g['example'][:100]})" for g in reasons]
+    return "\n".join(lines)
+
+
 def _print_dry_run(report: dict) -> None:
-    c = Console()
-    c.print(f"dry run on {report['sample']} records:")
+    """Per stage: records in/out, time and tokens per record, a sample record (or
+    why the stage was skipped); then the estimate for the whole run."""
+    c = Console(highlight=False, soft_wrap=True)
+    c.print(f"dry run on {report['sample']} records (one shard of {report.get('shard_size', '?')}"
+            f"; model load {report.get('load_seconds', 0):.1f} s, counted once):", markup=False)
     for r in report["stages"]:
+        if r.get("skipped"):
+            c.print(f"  {r['stage']:<16} in={r['in']!s:>4}  {r['skipped']}", markup=False)
+            continue
+        hits = f"  {r['cache_hits']} cache hits" if r.get("cache_hits") else ""
         c.print(f"  {r['stage']:<16} in={r['in']!s:>4} out={r['out']:>4}  "
-                f"{r['seconds_per_record']:.2f} s/record  {r['tokens_per_record']:.0f} tokens/record")
+                f"{r['seconds_per_record']:.2f} s/record  {r['tokens_per_record']:.0f} tokens/record{hits}",
+                markup=False)
         for reason in r.get("rejects", []):
-            c.print(f"      dropped: {reason}", markup=False, highlight=False)
+            c.print(f"      dropped: {reason}", markup=False)
+        if r.get("sample_record") is not None:
+            shown = json.dumps(r["sample_record"], ensure_ascii=False, default=str)
+            c.print(f"      sample: {shown}", markup=False)
     est = report["estimate"]
     if est.get("seconds") is not None:
-        c.print(f"estimate for {est['records']} records: ~{est['seconds']:.0f} s, "
-                f"~{est['completion_tokens']} tokens generated, ~{est['output_records']} records out")
+        c.print(f"estimate for {est['records']} records: ~{est['seconds']:.0f} s "
+                f"(model load {est.get('load_seconds', 0):.0f} s), "
+                f"~{est['completion_tokens']} tokens generated, ~{est['output_records']} records out",
+                markup=False)
     else:
-        c.print("estimate: the number of input records is not known before reading; see per-record figures")
+        c.print("estimate: the number of input records is not known before reading; "
+                "see per-record figures", markup=False)
+    if est.get("not_timed"):
+        c.print(f"not in the estimate (skipped in dry run): {', '.join(est['not_timed'])}", markup=False)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:

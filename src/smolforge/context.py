@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,44 @@ from smolforge.engines.cache import CacheStats, ResponseCache, cached_generate
 from smolforge.registry import engines as engine_registry
 
 EngineSpec = str | dict[str, Any] | Engine
+
+# smolforge's own files (built-in recipes, templates, rubrics) are always readable.
+PACKAGE_DIR = Path(str(resources.files("smolforge"))).resolve()
+
+
+class PathNotAllowed(ValueError):
+    """A file a recipe names lies outside every allowed folder."""
+
+
+def default_roots(recipe_dir: Path, extra: Iterable[str | Path] = ()) -> tuple[Path, ...]:
+    """Folders a recipe may read from: its own folder, the working directory,
+    smolforge's package, and any `allow_paths:` / `--allow-path` folders."""
+    roots = [Path(recipe_dir), Path.cwd(), PACKAGE_DIR, *(Path(e).expanduser() for e in extra)]
+    out: list[Path] = []
+    for r in roots:
+        r = Path(os.path.realpath(r if r.is_absolute() else Path(recipe_dir) / r))
+        if r not in out:
+            out.append(r)
+    return tuple(out)
+
+
+def check_inside(path: Path, roots: Sequence[Path], shown: str | None = None) -> Path:
+    """`path` with symlinks and `..` resolved, if it lies inside one of `roots`
+    (resolved the same way); else PathNotAllowed, naming `shown` (the path as the
+    recipe wrote it, quoted). Resolving first is what stops `data/../../etc/passwd` and a
+    symlink pointing out of the folder."""
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        root = Path(os.path.realpath(root))
+        if real == root or real.is_relative_to(root):
+            return real
+    label = shown if shown is not None else repr(str(path))
+    if real != Path(os.path.normpath(os.path.abspath(path))):  # a symlink: say where it points
+        label += f" -> {str(real)!r}"
+    raise PathNotAllowed(
+        f"{label} is outside the recipe folder and the working directory; "
+        "add it to allow_paths or pass --allow-path"
+    )
 
 
 def build_engine(spec: EngineSpec) -> Engine:
@@ -67,6 +108,8 @@ class StageContext:
         stage_name: str = "",
         on_tokens: Callable[[int], None] | None = None,
         run_dir: Path | None = None,
+        allowed_roots: Sequence[Path] | None = None,
+        on_response: Callable[[Response], None] | None = None,
     ):
         self.recipe_name = recipe_name
         self.recipe_dir = recipe_dir
@@ -77,7 +120,11 @@ class StageContext:
         self.stage_name = stage_name
         self.stats = CacheStats()
         self.on_tokens = on_tokens
+        self.on_response = on_response
         self.run_dir = run_dir
+        # Where `resolve_path` may point: the recipe's `allowed_roots`. None: not
+        # checked again here (the recipe's paths were checked when it was loaded).
+        self.allowed_roots = tuple(allowed_roots) if allowed_roots is not None else None
 
     def for_stage(self, name: str) -> StageContext:
         return StageContext(
@@ -90,11 +137,26 @@ class StageContext:
             stage_name=name,
             on_tokens=self.on_tokens,
             run_dir=self.run_dir,
+            allowed_roots=self.allowed_roots,
+            on_response=self.on_response,
         )
 
     def resolve_path(self, path: str | Path) -> Path:
+        """A file the recipe names, relative to the recipe's folder. The recipe was
+        checked when it was loaded; with `allowed_roots` this is the backstop for
+        files that changed since (a new symlink): outside them is a RecipeError."""
         p = Path(path).expanduser()
-        return p if p.is_absolute() else self.recipe_dir / p
+        p = p if p.is_absolute() else self.recipe_dir / p
+        if self.allowed_roots is None:
+            return p
+        roots = self.allowed_roots + ((Path(self.run_dir),) if self.run_dir is not None else ())
+        try:
+            check_inside(p, roots, repr(str(path)))
+        except PathNotAllowed as e:
+            from smolforge.recipe import RecipeError
+
+            raise RecipeError([str(e)]) from None
+        return p
 
     def rng(self, *parts: Any) -> random.Random:
         return random.Random(derive_seed(self.seed, self.stage_name, *parts))
@@ -103,8 +165,23 @@ class StageContext:
         return self.pool.get(spec if spec is not None else self.default_engine)
 
     def generate(self, engine: Engine, requests: Sequence[Request]) -> list[Response]:
-        def on_response(_i: int, resp: Response) -> None:
+        """Answer `requests` through the cache; report every response as it arrives.
+
+        `on_response` hears each request once, as soon as it is answered (cache hits
+        first, then fresh ones as the engine finishes them), so progress moves per
+        request, not per shard; `on_tokens` hears the fresh completion tokens."""
+        reported: set[int] = set()
+
+        def on_response(i: int, resp: Response) -> None:
+            reported.add(i)
             if self.on_tokens and not resp.cached:
                 self.on_tokens(resp.completion_tokens)
+            if self.on_response:
+                self.on_response(resp)
 
-        return cached_generate(engine, self.cache, requests, self.stats, on_response)
+        out = cached_generate(engine, self.cache, requests, self.stats, on_response)
+        if self.on_response:  # a request repeated within the batch is answered by its first copy
+            for i, resp in enumerate(out):
+                if i not in reported:
+                    self.on_response(replace(resp, cached=True))
+        return out

@@ -8,6 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from smolforge.store import data_files, read_data
+
 FORMATS = ("jsonl", "parquet", "chat")
 
 
@@ -41,10 +43,9 @@ def export(
     response_column: str = "text",
     system_column: str | None = None,
 ) -> int:
-    data_dir = Path(run_dir) / "data"
-    if not any(data_dir.glob("*.parquet")):
+    if not data_files(run_dir):
         raise ExportError(f"{run_dir}: no data (has the run finished?)")
-    table = pq.read_table(data_dir)
+    table = read_data(run_dir)
     if fmt == "chat":
         table = to_chat(table, prompt_column, response_column, system_column)
     to = Path(to)

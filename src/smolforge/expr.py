@@ -4,32 +4,62 @@
 to closures over a whitelist: names are record columns, calls only to the helpers
 below, no attribute access, no subscripts of arbitrary objects, no imports,
 comprehensions or lambdas. Nothing is ever passed to `eval`.
+
+`matches()` uses RE2 (google-re2), which runs in time linear in the text, so a
+pattern such as `(a+)+$` cannot hang a run on a long line (Python's `re`
+backtracks exponentially there). RE2 has no lookaround or backreferences; such a
+pattern is an error when the recipe is loaded. Its `\\w`, `\\d`, `\\b` are ASCII.
+An expression nested more than MAX_DEPTH levels is refused when it is parsed.
 """
 
 from __future__ import annotations
 
 import ast
 import operator
-import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+import re2
+
 from smolforge.registry import closest
 from smolforge.text import words as _words
+
+MAX_DEPTH = 100  # nesting of the parsed expression; real filters use under 10
+MAX_REPEAT = 10_000_000  # longest string or list that `*` may build
 
 
 class ExprError(ValueError):
     pass
 
 
-def _regex(text: Any, pattern: str) -> bool:
-    return _compiled(pattern).search(str(text or "")) is not None
+def _regex(text: Any, pattern: Any) -> bool:
+    return compile_regex(str(pattern)).search(str(text or "")) is not None
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error is raised (and reported) instead
 
 
 @lru_cache(maxsize=256)
-def _compiled(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
+def compile_regex(pattern: str) -> Any:
+    """An RE2 pattern; ExprError names what RE2 does not support."""
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as e:
+        why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise ExprError(
+            f"regex {pattern!r} is not supported: {why} (matches() uses RE2: no lookaround "
+            "or backreferences)"
+        ) from None
+
+
+def _mul(a: Any, b: Any) -> Any:
+    """`*`, refusing to build a huge string or list (`text * 10**12`)."""
+    for seq, k in ((a, b), (b, a)):
+        if isinstance(seq, (str, list)) and isinstance(k, int) and len(seq) * k > MAX_REPEAT:
+            raise ValueError(f"repetition too large ({len(seq)} x {k})")
+    return operator.mul(a, b)
 
 
 HELPERS: dict[str, Callable[..., Any]] = {
@@ -57,7 +87,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
 _BIN = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
+    ast.Mult: _mul,
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
@@ -85,7 +115,10 @@ class Expression:
         try:
             tree = ast.parse(source.strip(), mode="eval")
         except SyntaxError as e:
-            raise ExprError(f"invalid expression {source!r}: {e.msg}") from None
+            raise ExprError(f"invalid expression {_clip(source)!r}: {e.msg}") from None
+        except (MemoryError, RecursionError):  # CPython's parser gives up on deep nesting
+            raise ExprError(f"expression {_clip(source)!r} is nested too deeply") from None
+        _check_depth(tree.body, source)
         self._fn = self._compile(tree.body)
 
     def __call__(self, record: dict) -> Any:
@@ -139,6 +172,10 @@ class Expression:
 
             return compare
         if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name) and node.func.id == "matches" and len(node.args) == 2:
+                pattern = node.args[1]
+                if isinstance(pattern, ast.Constant) and isinstance(pattern.value, str):
+                    compile_regex(pattern.value)  # a bad literal pattern fails at load time
             if not isinstance(node.func, ast.Name) or node.func.id not in HELPERS:
                 fname = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
                 hint = closest(fname, list(HELPERS))
@@ -160,3 +197,17 @@ class Expression:
             type(node), type(node).__name__
         )
         raise ExprError(f"{self.source!r}: {what} not allowed in expressions")
+
+
+def _check_depth(root: ast.AST, source: str) -> None:
+    """Refuse deeper than MAX_DEPTH before compiling (which recurses once per level)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ExprError(f"expression {_clip(source)!r} is nested more than {MAX_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
+def _clip(source: str) -> str:
+    return source if len(source) <= 80 else source[:77] + "..."

@@ -6,7 +6,9 @@ expected an integer, got "lots"`) and, for a typo, the closest valid name.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -15,9 +17,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError
 
+from smolforge.context import PACKAGE_DIR, PathNotAllowed, check_inside, default_roots
 from smolforge.registry import UnknownName, closest
 from smolforge.registry import stages as stage_registry
 from smolforge.stages.base import SourceStage, Stage
+from smolforge.templates import TemplateError, template_variables
 
 BUILTIN_DIR = Path(str(resources.files("smolforge") / "recipes"))
 ALWAYS_COLUMNS = {"id", "meta"}
@@ -41,16 +45,31 @@ class Recipe(BaseModel):
     description: str = ""
     engine: str | dict[str, Any] = "llamacpp"
     seed: int = 0
-    shard_size: int = Field(32, ge=1, description="records per shard (the unit of resume)")
+    shard_size: int = Field(
+        1000, ge=1,
+        description="records per shard, the unit a CPU stage checkpoints (LLM stages also "
+        "checkpoint every response in the cache, so a kill loses no paid-for work)")
+    allow_paths: list[str] | None = Field(
+        None, description="folders outside the recipe's folder and the working directory that "
+        "files named in the recipe may come from (relative: to the recipe)"
+    )
     stages: list[SerializeAsAny[Stage]] = Field(min_length=1)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str | None = PrivateAttr(None)
+    _roots: tuple[Path, ...] = PrivateAttr(())
 
     @property
     def base_dir(self) -> Path:
         """Directory that relative paths in the recipe (templates, data) resolve against."""
         return self._base_dir
+
+    @property
+    def allowed_roots(self) -> tuple[Path, ...]:
+        """Folders files named in the recipe may lie in (resolved): its folder, the
+        working directory when it was loaded, smolforge's package, `allow_paths`
+        and `--allow-path`. Pass to `StageContext(allowed_roots=...)`."""
+        return self._roots or default_roots(self._base_dir, self.allow_paths or ())
 
     def stage_names(self) -> list[str]:
         names, seen = [], {}
@@ -65,9 +84,39 @@ class Recipe(BaseModel):
 
     @classmethod
     def from_dict(
-        cls, data: Any, *, base_dir: Path | None = None, source: str | None = None
+        cls,
+        data: Any,
+        *,
+        base_dir: Path | None = None,
+        source: str | None = None,
+        overrides: list[str] | None = None,
+        allow_paths: list[str | Path] | None = None,
     ) -> Recipe:
-        return _validate(data, base_dir=base_dir or Path.cwd(), source=source, lines={})
+        """Validate a mapping (or a dumped Recipe); `overrides` are `--set` strings,
+        `allow_paths` extra readable folders (like `--allow-path`)."""
+        data, set_paths = _apply_overrides(data, overrides)
+        return _validate(data, base_dir=base_dir or Path.cwd(), source=source, lines={},
+                         set_paths=set_paths, allow_paths=allow_paths)
+
+    def with_overrides(
+        self, overrides: list[str] | None = None, allow_paths: list[str | Path] | None = None
+    ) -> Recipe:
+        """This recipe with `--set PATH=VALUE` overrides applied and validated again
+        (a bad value names its `--set` argument), and `allow_paths` added."""
+        if not overrides and not allow_paths:
+            return self
+        data = self.model_dump(mode="python", exclude_unset=True)
+        # Only the fields that were set, so that `null` meaning "all" survives; `type` always.
+        data["stages"] = [{"type": st.type, **st.model_dump(mode="python", exclude_unset=True)}
+                          for st in self.stages]
+        extra = [*self._cli_allow(), *(allow_paths or [])]
+        return Recipe.from_dict(data, base_dir=self._base_dir, source=self._source,
+                                overrides=overrides, allow_paths=extra)
+
+    def _cli_allow(self) -> tuple[Path, ...]:
+        """The allowed folders that came from outside the recipe (`--allow-path`)."""
+        own = set(default_roots(self._base_dir, self.allow_paths or ()))
+        return tuple(r for r in self.allowed_roots if r not in own)
 
 
 # ---------------------------------------------------------------- loading
@@ -92,10 +141,19 @@ def find_recipe(name_or_path: str | Path) -> Path:
     raise RecipeError([msg])
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file or built-in name, apply `--set PATH=VALUE` overrides, validate."""
+def load_recipe(
+    name_or_path: str | Path,
+    overrides: list[str] | None = None,
+    allow_paths: list[str | Path] | None = None,
+) -> Recipe:
+    """Read a recipe file or built-in name, apply `--set PATH=VALUE` overrides, validate.
+    `allow_paths` (the CLI's `--allow-path`) adds folders the recipe may read from."""
     path = find_recipe(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    _check_depth(text, path.name)
     try:
         data = yaml.safe_load(text)
         lines = _line_map(yaml.compose(text))
@@ -103,9 +161,43 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RecipeError([f"{where}: invalid YAML: {getattr(e, 'problem', e)}"]) from None
-    for ov in overrides or []:
-        data = apply_override(data, ov)
-    return _validate(data, base_dir=path.parent.resolve(), source=str(path), lines=lines)
+    data, set_paths = _apply_overrides(data, overrides)
+    return _validate(data, base_dir=path.parent.resolve(), source=str(path), lines=lines,
+                     set_paths=set_paths, allow_paths=allow_paths)
+
+
+MAX_DEPTH = 64  # YAML nesting; real recipes use under 10 levels
+
+
+def _check_depth(text: str, label: str, with_line: bool = True) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH before PyYAML's recursive loader
+    sees it (100,000 levels is a RecursionError there). `yaml.parse` yields events
+    without recursion, so the YAML path of the too-deep node can be named."""
+    stack: list[list] = []  # per open collection: [is_sequence, key or index, expecting a key]
+    starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    try:
+        for ev in yaml.parse(text):
+            if stack and isinstance(ev, (yaml.ScalarEvent, yaml.AliasEvent, *starts)):
+                top = stack[-1]
+                if top[0]:
+                    top[1] += 1
+                elif top[2] and isinstance(ev, yaml.ScalarEvent):
+                    top[1], top[2] = ev.value, False  # a key; its value follows
+                    continue
+                else:
+                    top[2] = True
+            if isinstance(ev, starts):
+                if len(stack) >= MAX_DEPTH:
+                    loc = format_path([t[1] for t in stack])
+                    where = f"{label}:{ev.start_mark.line + 1}" if with_line else label
+                    raise RecipeError([f"{where}: {loc + ': ' if loc else ''}"
+                                       f"nested more than {MAX_DEPTH} levels deep"])
+                seq = isinstance(ev, yaml.SequenceStartEvent)
+                stack.append([seq, -1 if seq else None, not seq])
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                stack.pop()
+    except yaml.YAMLError:
+        return  # the real loader reports it with its line
 
 
 def _line_map(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
@@ -136,12 +228,26 @@ def parse_path(path: str) -> list[str | int]:
     return parts
 
 
+def _apply_overrides(data: Any, overrides: list[str] | None) -> tuple[Any, dict[tuple, str]]:
+    """Apply `--set` strings in order; also returns YAML path -> the `--set`
+    argument that set it, so that a bad value is blamed on the argument."""
+    set_paths: dict[tuple, str] = {}
+    for ov in overrides or []:
+        data = apply_override(data, ov)
+        set_paths[tuple(parse_path(ov.split("=", 1)[0].strip()))] = ov
+    return data, set_paths
+
+
 def apply_override(data: Any, override: str) -> Any:
     """`stages[0].count=8` -> data with that value set (the value is parsed as YAML)."""
     if "=" not in override:
         raise RecipeError([f"--set {override!r}: expected PATH=VALUE"])
     path, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    _check_depth(raw, f"--set {override}", with_line=False)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise RecipeError([f"--set {override}: invalid YAML value: {getattr(e, 'problem', e)}"]) from None
     parts = parse_path(path.strip())
     node = data
     for i, part in enumerate(parts):
@@ -215,10 +321,16 @@ def _clean_loc(loc: tuple) -> tuple:
 
 
 class _Problems:
-    def __init__(self, source: str | None, lines: dict[tuple, int]):
+    def __init__(self, source: str | None, lines: dict[tuple, int], set_paths: dict[tuple, str] | None = None):
         self.source, self.lines, self.items = source, lines, []
+        self.set_paths = set_paths or {}
 
     def add(self, loc: tuple, message: str) -> None:
+        for n in range(len(loc), 0, -1):  # a value from `--set` is blamed on the argument
+            if loc[:n] in self.set_paths:
+                where = format_path(loc) if n < len(loc) else ""
+                self.items.append(f"--set {self.set_paths[loc[:n]]}: {where + ': ' if where else ''}{message}")
+                return
         line = None
         for n in range(len(loc), -1, -1):
             if loc[:n] in self.lines:
@@ -228,8 +340,9 @@ class _Problems:
         where = format_path(loc)
         self.items.append(f"{prefix}{where + ': ' if where else ''}{message}")
 
-    def add_validation(self, prefix: tuple, e: ValidationError, model: type[BaseModel] | None) -> None:
-        seen = set()
+    def add_validation(self, prefix: tuple, e: ValidationError, model: type[BaseModel] | None,
+                       skip: set[tuple] | frozenset = frozenset()) -> None:
+        seen = set(skip)
         for err in e.errors():
             loc = prefix + _clean_loc(err["loc"])
             if loc in seen:  # a union reports the same place once per member
@@ -238,26 +351,35 @@ class _Problems:
             self.add(loc, _describe_error(err, model))
 
 
-def _validate(data: Any, *, base_dir: Path, source: str | None, lines: dict) -> Recipe:
+def _validate(data: Any, *, base_dir: Path, source: str | None, lines: dict,
+              set_paths: dict[tuple, str] | None = None,
+              allow_paths: list[str | Path] | None = None) -> Recipe:
     from smolforge.context import build_engine
 
-    probs = _Problems(source, lines)
+    probs = _Problems(source, lines, set_paths)
     if not isinstance(data, dict):
         raise RecipeError([f"{source or 'recipe'}: expected a mapping with name and stages"])
+    own = data.get("allow_paths")
+    own = [str(a) for a in own] if isinstance(own, list) else []
+    cli = [Path(a).expanduser().absolute() for a in allow_paths or []]  # relative: to the cwd
+    roots = default_roots(base_dir, [*own, *cli, *_set_dirs(data, set_paths or {}, base_dir)])
     raw_stages = data.get("stages")
-    stage_objs: list[Stage] = []
+    valid: list[tuple[int, Stage]] = []  # (index in the recipe, stage) of the stages that validated
     if isinstance(raw_stages, list):
         for i, raw in enumerate(raw_stages):
-            st = _validate_stage(raw, i, probs)
+            st = _validate_stage(raw, i, probs, base_dir, roots)
             if st is not None:
-                stage_objs.append(st)
+                valid.append((i, st))
+    stage_objs = [st for _, st in valid]
     top = {k: v for k, v in data.items() if k != "stages"}
     top["stages"] = stage_objs if isinstance(raw_stages, list) else raw_stages
     recipe = None
+    stage_errors = isinstance(raw_stages, list) and len(valid) < len(raw_stages)
     try:
         recipe = Recipe.model_validate(top)
     except ValidationError as e:
-        probs.add_validation((), e, Recipe)
+        # "at least 1 stage" is noise when the stages are there but each had errors
+        probs.add_validation((), e, Recipe, skip={("stages",)} if stage_errors else set())
     if recipe is not None:
         try:
             build_engine(recipe.engine)
@@ -265,18 +387,142 @@ def _validate(data: Any, *, base_dir: Path, source: str | None, lines: dict) -> 
             probs.add_validation(("engine",), e, None)
         except UnknownName as e:
             probs.add(("engine", "type"), str(e))
-    if isinstance(raw_stages, list) and len(stage_objs) == len(raw_stages):
+    for _, st in valid:
+        if "_recipe_dir" in type(st).__private_attributes__:
+            st._recipe_dir = base_dir  # where its template files resolve, for requires()
+    before = len(probs.items)
+    _check_paths(valid, base_dir, roots, probs)
+    paths_ok = len(probs.items) == before
+    if isinstance(raw_stages, list) and not stage_errors:
         _check_stage_engines(stage_objs, probs)
-        _check_order_and_columns(stage_objs, probs)
+        if paths_ok:  # never read a template file that is not allowed
+            _check_order_and_columns(stage_objs, probs, base_dir)
     if probs.items:
         raise RecipeError(probs.items)
     assert recipe is not None
     recipe._base_dir = base_dir
     recipe._source = source
+    recipe._roots = roots
     return recipe
 
 
-def _validate_stage(raw: Any, i: int, probs: _Problems) -> Stage | None:
+# ---------------------------------------------------------------- paths
+
+# Stage fields that name files, by field name (nested models, such as decontaminate's
+# `benchmarks`, are walked too); any other `*_file` / `*_path` / `*_dir` field counts.
+_GLOB_FIELDS = {"path", "documents"}  # a file or glob, or a list of them
+_FILE_FIELDS = {"template_file", "topics", "system_prompts", "rubric"}  # a string names a file
+_VALUE_FIELDS = {"lists"}  # column -> a list, or a file of values
+_RUN_DIR_FIELDS = {"model_path", "models"}  # relative: the run directory (then the recipe)
+_SKIP_FIELDS = {"engine", "items", "template", "system", "type", "name"}
+
+
+def _check_paths(stages: list[tuple[int, Stage]], base_dir: Path, roots: tuple[Path, ...],
+                 probs: _Problems) -> None:
+    """Every file a stage names resolves (symlinks and `..` included) inside an
+    allowed folder, so `template_file: ../../../../etc/passwd` never reaches a
+    dataset or a server. Checked here, before anything runs; `StageContext.
+    resolve_path` and `read` check again when they open the files."""
+    for i, st in stages:
+        for loc, value, kind in _path_fields(st, ("stages", i)):
+            try:
+                for shown, candidate in _candidates(value, kind, base_dir):
+                    check_inside(candidate, roots, shown)
+            except PathNotAllowed as e:
+                probs.add(loc, str(e))
+
+
+def _path_fields(model: BaseModel, loc: tuple) -> list[tuple[tuple, str, str]]:
+    out = []
+    for name in type(model).model_fields:
+        if name in _SKIP_FIELDS:
+            continue
+        value = getattr(model, name)
+        kind = _kind(name)
+        if kind == "values" and isinstance(value, dict):
+            out += [((*loc, name, k), v, "file") for k, v in value.items() if isinstance(v, str)]
+        elif kind is not None and kind != "values" and isinstance(value, str):
+            out.append(((*loc, name), value, kind))
+        elif kind in ("glob", "run") and isinstance(value, list):  # a list of `topics` is data
+            out += [((*loc, name, j), v, kind) for j, v in enumerate(value) if isinstance(v, str)]
+        elif isinstance(value, BaseModel):
+            out += _path_fields(value, (*loc, name))
+        elif isinstance(value, list):
+            out += [x for j, v in enumerate(value) if isinstance(v, BaseModel)
+                    for x in _path_fields(v, (*loc, name, j))]
+    return out
+
+
+def _set_dirs(data: Any, set_paths: dict[tuple, str], base_dir: Path) -> list[Path]:
+    """Folders of the files named on the command line with `--set` (`--set
+    stages[0].path=/data/*.jsonl`): the user typed them, so they are allowed as
+    if given with `--allow-path`; only a recipe's own paths are confined."""
+    out: list[Path] = []
+
+    def walk(value: Any, keys: tuple) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, (*keys, str(k)))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, keys)
+        elif isinstance(value, str) and keys:
+            kind = _kind(keys[-1]) or ("file" if "lists" in keys else None)
+            if kind in ("glob", "file", "run"):
+                p = Path(value).expanduser()
+                p = p if p.is_absolute() else base_dir / p
+                fixed = _fixed_prefix(p)
+                out.append(Path(*fixed) if len(fixed) < len(p.parts) else p.parent)
+
+    for loc in set_paths:
+        node = data
+        for part in loc:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+        walk(node, tuple(str(p) for p in loc if isinstance(p, str)))
+    return out
+
+
+def _fixed_prefix(p: Path) -> list[str]:
+    """The parts of a glob before its first wildcard."""
+    prefix = []
+    for part in p.parts:
+        if glob.has_magic(part):
+            break
+        prefix.append(part)
+    return prefix
+
+
+def _kind(name: str) -> str | None:
+    if name in _SKIP_FIELDS:
+        return None
+    return ("glob" if name in _GLOB_FIELDS else "file" if name in _FILE_FIELDS
+            else "values" if name in _VALUE_FIELDS else "run" if name in _RUN_DIR_FIELDS
+            else "file" if name.endswith(("_file", "_path", "_dir")) else None)
+
+
+def _candidates(value: str, kind: str, base_dir: Path) -> list[tuple[str, Path]]:
+    """(as written, quoted; path) for every file a stage may open for `value`: relative to
+    the recipe, and the built-in copies some stages fall back to. A glob: its fixed
+    prefix and every file it matches now."""
+    p = Path(value).expanduser()
+    if kind == "run" and not p.is_absolute() and not os.path.normpath(p).startswith(".."):
+        return []  # stays inside the run directory
+    full = p if p.is_absolute() else base_dir / p
+    out = [(repr(value), full)]
+    if not p.is_absolute():  # built-in templates, rubrics (read only if they exist)
+        out += [(repr(value), c) for c in (BUILTIN_DIR / p, PACKAGE_DIR / "rubrics" / f"{value}.yaml")
+                if c.exists()]
+    if kind == "glob" and glob.has_magic(str(full)):
+        out = [(repr(value), Path(*_fixed_prefix(full)))]
+        out += [(f"{m!r} (matched by {value!r})", Path(m)) for m in glob.glob(str(full), recursive=True)]
+    return out
+
+
+def _validate_stage(raw: Any, i: int, probs: _Problems, base_dir: Path, roots: tuple[Path, ...]) -> Stage | None:
     if isinstance(raw, Stage):
         return raw
     if not isinstance(raw, dict):
@@ -289,6 +535,19 @@ def _validate_stage(raw: Any, i: int, probs: _Problems) -> Stage | None:
         cls = stage_registry.get(str(raw["type"]))
     except UnknownName as e:
         probs.add(("stages", i, "type"), str(e))
+        return None
+    # Some validators read their file (a judge's rubric): check the raw paths first,
+    # so that a file outside the allowed folders is never opened, even for an error.
+    before = len(probs.items)
+    for key, value in raw.items():
+        kind = _kind(str(key))
+        if kind is not None and kind != "values" and isinstance(value, str):
+            try:
+                for shown, candidate in _candidates(value, kind, base_dir):
+                    check_inside(candidate, roots, shown)
+            except PathNotAllowed as e:
+                probs.add(("stages", i, key), str(e))
+    if len(probs.items) > before:
         return None
     try:
         return cls.model_validate(raw)
@@ -314,7 +573,18 @@ def _check_stage_engines(stage_objs: list[Stage], probs: _Problems) -> None:
                 probs.add((*loc, "type"), str(e))
 
 
-def _check_order_and_columns(stage_objs: list[Stage], probs: _Problems) -> None:
+def _file_names(st: Stage, base_dir: Path) -> frozenset[str]:
+    """The names a stage's template file reads (to blame a missing column on it)."""
+    tf = getattr(st, "template_file", None)
+    if not isinstance(tf, str) or getattr(st, "template", None) is not None:
+        return frozenset()
+    try:
+        return template_variables(None, tf, base_dir)
+    except TemplateError:
+        return frozenset()
+
+
+def _check_order_and_columns(stage_objs: list[Stage], probs: _Problems, base_dir: Path) -> None:
     """Sources come first; every column a stage reads exists by the time it runs."""
     if not isinstance(stage_objs[0], SourceStage):
         probs.add(("stages", 0, "type"), f"the first stage must be a source (read, items, combine), got {stage_objs[0].type!r}")
@@ -324,11 +594,18 @@ def _check_order_and_columns(stage_objs: list[Stage], probs: _Problems) -> None:
         if i > 0 and isinstance(st, SourceStage):
             probs.add(("stages", i, "type"), f"{st.type!r} is a source stage; only the first stage may be a source")
             continue
+        try:
+            required = st.requires()
+        except TemplateError as e:  # a template file that does not parse
+            probs.add(("stages", i, "template_file"), str(e))
+            required = set()
         if available is not None:
-            for col in sorted(st.requires() - available):
+            missing = sorted(required - available)
+            in_file = _file_names(st, base_dir) if missing else frozenset()
+            for col in missing:
                 hint = closest(col, sorted(available))
                 msg = f"column {col!r} is used before any stage produces it"
                 msg += f" (did you mean {hint!r}?)" if hint else f" (available: {', '.join(sorted(available))})"
-                probs.add(("stages", i), msg)
+                probs.add(("stages", i, "template_file") if col in in_file else ("stages", i), msg)
         provided = st.provides()
         available = None if provided is None or available is None else (available | provided) - st.removes()

@@ -12,7 +12,10 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-_PAREN = re.compile(r"\s*\(.*\)\s*$")
+from smolforge.stages.base import is_engine_error
+from smolforge.store import data_files, read_data
+
+_PAREN = re.compile(r"\s*\([^()]*\)\s*$")
 _QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
 _ID = re.compile(r"\b\w+-\d{6}(?:\.\d+)*\b")
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
@@ -41,6 +44,7 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
         "attempts": len(manifest.get("attempts", [])),
         "stages": manifest.get("stages", []),
         "data": manifest.get("data", {}),
+        "engine_failures": manifest.get("engine_failures", {"requests": 0, "records": 0}),
         "engines": [
             {k: e.get(k) for k in ("type", "model", "base_url") if e.get(k) is not None}
             for e in manifest.get("engines", [])
@@ -67,14 +71,16 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
             groups[key] += 1
             examples.setdefault(key, r["reason"])
     out["contamination"] = dict(leaks)
+    # Engine failures are not quality drops: a re-run retries them.
     out["rejects"] = [
-        {"stage": s, "reason": g, "count": n, "example": examples[(s, g)][:300]}
+        {"stage": s, "reason": g, "count": n, "example": examples[(s, g)][:300],
+         "kind": "engine" if is_engine_error(examples[(s, g)]) else "quality"}
         for (s, g), n in groups.most_common()
     ]
-    data_dir = run_dir / "data"
+    out["quality_rejects"] = sum(g["count"] for g in out["rejects"] if g["kind"] == "quality")
     out["samples"] = []
-    if data_dir.exists() and any(data_dir.glob("*.parquet")):
-        table = pq.read_table(data_dir)
+    if data_files(run_dir):
+        table = read_data(run_dir)
         rows = table.slice(0, samples).to_pylist()
         for r in rows:
             r.pop("meta", None)
@@ -118,6 +124,10 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         for g in summary["rejects"][:20]:
             r.add_row(g["stage"], g["reason"], str(g["count"]), g["example"][:120])
         console.print(r)
+    fails = summary.get("engine_failures") or {}
+    if fails.get("records"):
+        console.print(f"[red]engine failures: {fails['records']} record(s) "
+                      f"({fails['requests']} request(s)), not final: re-run to retry[/red]")
     if summary.get("contamination"):
         console.print("removed per benchmark: " + ", ".join(f"{b} x{n}" for b, n in summary["contamination"].items()))
     for knob, values in summary.get("knobs", {}).items():

@@ -1,25 +1,38 @@
-"""The run directory: per-stage shard checkpoints, written atomically.
+"""The run directory: per-stage shard checkpoints, each verified by its hash.
 
     run_dir/
-      recipe.yaml, manifest.json, cache.sqlite
+      recipe.yaml, manifest.json, cache.sqlite, .lock
       stages/NN-<name>/FINGERPRINT          what produced this stage's output
       stages/NN-<name>/shard-00003.parquet  kept records of input shard 3
-      stages/NN-<name>/shard-00003.rejects.parquet
-      stages/NN-<name>/shard-00003.done     JSON stats; written last = shard done
+      stages/NN-<name>/shard-00003.rejects.parquet   (only when something was dropped)
+      stages/NN-<name>/shard-00003.done     JSON: stats, sha256 of the files, input digest
       stages/NN-<name>/_DONE                the whole stage is done
       data/*.parquet, rejects/rejects.parquet   the final dataset and every drop
 
-Every file is written to a temporary name, fsynced and renamed, so a `kill -9`
-leaves either the old state or the new one. A stage directory whose FINGERPRINT
-differs from the current recipe's is wiped and recomputed.
+Trust rules (datatrove keeps a marker per finished task; we also keep hashes):
+- A shard is committed by writing its files under temporary names and renaming
+  them, the `.done` marker last. The marker records each file's sha256, the
+  shard's index and the digest of the input it was computed from, so a truncated,
+  flipped or swapped file is caught when the shard is verified and recomputed
+  instead of read. Files are not fsynced one by one: a torn write after a power
+  loss shows up as a hash mismatch, which is why the hashes exist.
+- smolforge only deletes what it wrote: files whose names follow the patterns
+  above inside directories it created (they hold a FINGERPRINT), and the output
+  files listed in the manifest. A non-empty directory that is not a run is
+  refused, and one process at a time holds a run (an OS lock the kernel releases
+  when the process dies, even by kill -9).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import io
 import json
 import os
-import shutil
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +41,57 @@ import pyarrow.parquet as pq
 
 from smolforge.stages.base import Record, Reject
 
+RUN_FORMAT = "smolforge-run/1"
+# What smolforge writes into a stage directory; nothing else there is ever deleted.
+_STAGE_FILE = re.compile(
+    r"^(FINGERPRINT|_DONE|shard-\d{5}(\.parquet|\.rejects\.parquet|\.done)|\..+\.\d+\.tmp)$"
+)
+# What a run killed during start-up (before its manifest) may have left.
+_START_FILES = {".lock", "stages", "cache.sqlite", "cache.sqlite-wal", "cache.sqlite-shm"}
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+
+class RunDirError(ValueError):
+    """--out names a directory smolforge must not write into (exit 2)."""
+
+
+class RunLocked(RuntimeError):
+    """Another process is running in this run directory (exit 1)."""
+
+
+class ShardDamaged(RuntimeError):
+    """A checkpoint file does not match the hash recorded when it was committed."""
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode(), fsync=fsync)
 
 
-def atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
 
 
-def records_to_table(records: list[Record]) -> pa.Table:
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def records_to_table(records: list[Record], schema: pa.Schema | None = None) -> pa.Table:
     """Records -> Arrow. `meta` is stored as a JSON string (its keys differ from
-    stage to stage); a column whose values have mixed types is stored as JSON."""
+    stage to stage); a column whose values have mixed types is stored as JSON.
+    With no records, `schema` (when known) keeps the columns of an empty shard."""
+    if not records and schema is not None:
+        return schema.empty_table()
     columns: dict[str, list[Any]] = {}
     for rec in records:
         for k in rec:
@@ -80,16 +119,19 @@ def table_to_records(table: pa.Table) -> list[Record]:
     return rows
 
 
+REJECTS_SCHEMA = pa.schema([("id", pa.string()), ("stage", pa.string()),
+                            ("reason", pa.string()), ("record", pa.string())])
+
+
 def rejects_to_table(rejects: list[Reject], stage: str) -> pa.Table:
     return pa.table(
         {
-            "id": pa.array([str(r.record.get("id", "")) for r in rejects], pa.string()),
-            "stage": pa.array([stage] * len(rejects), pa.string()),
-            "reason": pa.array([r.reason for r in rejects], pa.string()),
-            "record": pa.array(
-                [json.dumps(r.record, ensure_ascii=False, default=str) for r in rejects], pa.string()
-            ),
-        }
+            "id": [str(r.record.get("id", "")) for r in rejects],
+            "stage": [stage] * len(rejects),
+            "reason": [r.reason for r in rejects],
+            "record": [json.dumps(r.record, ensure_ascii=False, default=str) for r in rejects],
+        },
+        schema=REJECTS_SCHEMA,
     )
 
 
@@ -103,51 +145,206 @@ class StageDir:
     def shard_path(self, j: int, suffix: str = ".parquet") -> Path:
         return self.path / f"shard-{j:05d}{suffix}"
 
+    def marker(self, j: int) -> dict | None:
+        """The shard's commit record, or None if the shard is not committed."""
+        try:
+            return json.loads(self.shard_path(j, ".done").read_text())
+        except (OSError, ValueError):
+            return None
+
     def shard_done(self, j: int) -> bool:
         return self.shard_path(j, ".done").exists()
 
     def shard_stats(self, j: int) -> dict:
-        return json.loads(self.shard_path(j, ".done").read_text())
+        m = self.marker(j) or {}
+        return m.get("stats", {})
+
+    def digest(self, j: int) -> str | None:
+        """The committed data file's hash: what later stages record as their input."""
+        m = self.marker(j)
+        return m["files"]["data"] if m and "files" in m else None
 
     def done_shards(self) -> list[int]:
         return sorted(int(p.name[6:11]) for p in self.path.glob("shard-*.done"))
 
-    def read_shard(self, j: int, columns: list[str] | None = None) -> list[Record]:
-        path = self.shard_path(j)
-        if columns is not None:
-            present = set(pq.read_schema(path).names)
-            columns = [c for c in columns if c in present]
-        return table_to_records(pq.read_table(path, columns=columns))
+    def problem(self, j: int, input_digest: str | None) -> str | None:
+        """Why committed shard `j` can't be trusted (None: it can). Checks the
+        recorded index, the input it was computed from and both files' hashes."""
+        m = self.marker(j)
+        if m is None:
+            return "its commit marker is missing or unreadable"
+        if m.get("shard") != j or m.get("fingerprint") != self.fingerprint or "files" not in m:
+            return "its commit marker belongs to another shard or stage"
+        if input_digest is not None and m.get("input") != input_digest:
+            return "its input changed since it was computed"
+        for kind, suffix in (("data", ".parquet"), ("rejects", ".rejects.parquet")):
+            want = m["files"].get(kind)
+            path = self.shard_path(j, suffix)
+            if want is None:
+                continue
+            try:
+                got = sha256(path.read_bytes())
+            except OSError:
+                return f"{path.name} is missing"
+            if got != want:
+                return f"{path.name} does not match the hash recorded when it was written"
+        return None
 
-    def read_rejects(self, j: int) -> pa.Table:
-        return pq.read_table(self.shard_path(j, ".rejects.parquet"))
+    def discard(self, j: int) -> None:
+        """Forget shard `j` (marker first, so a crash in between leaves it undone)."""
+        for suffix in (".done", ".parquet", ".rejects.parquet"):
+            with contextlib.suppress(FileNotFoundError):
+                self.shard_path(j, suffix).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / "_DONE").unlink()
+
+    def _read_verified(self, j: int, kind: str, suffix: str) -> pa.Table | None:
+        m = self.marker(j)
+        path = self.shard_path(j, suffix)
+        want = m["files"].get(kind) if m and "files" in m else None
+        if want is None:
+            if m is not None and kind == "rejects":
+                return None  # nothing was dropped in this shard
+            raise ShardDamaged(f"{path}: not committed")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ShardDamaged(f"{path}: {e.strerror or e}") from e
+        if sha256(data) != want:
+            raise ShardDamaged(f"{path}: content does not match its recorded hash")
+        return pq.read_table(pa.BufferReader(data))
+
+    def read_table(self, j: int, columns: list[str] | None = None) -> pa.Table:
+        table = self._read_verified(j, "data", ".parquet")
+        assert table is not None
+        if columns is not None:
+            table = table.select([c for c in columns if c in table.column_names])
+        return table
+
+    def read_shard(self, j: int, columns: list[str] | None = None) -> list[Record]:
+        return table_to_records(self.read_table(j, columns))
+
+    def read_rejects(self, j: int) -> pa.Table | None:
+        return self._read_verified(j, "rejects", ".rejects.parquet")
+
+    def schema(self, j: int) -> pa.Schema:
+        return pq.read_schema(self.shard_path(j))
 
     def write_shard(
-        self, j: int, kept: list[Record], rejected: list[Reject], stage: str, stats: dict
-    ) -> None:
-        atomic_write_table(self.shard_path(j, ".rejects.parquet"), rejects_to_table(rejected, stage))
-        atomic_write_table(self.shard_path(j), records_to_table(kept))
-        atomic_write_json(self.shard_path(j, ".done"), stats)
+        self,
+        j: int,
+        kept: list[Record],
+        rejected: list[Reject],
+        stage: str,
+        stats: dict,
+        *,
+        input_digest: str | None = None,
+        schema: pa.Schema | None = None,
+    ) -> str:
+        """Commit shard `j`; returns the data file's hash."""
+        files: dict[str, str] = {}
+        data = table_bytes(records_to_table(kept, schema))
+        files["data"] = sha256(data)
+        if rejected:
+            rej = table_bytes(rejects_to_table(rejected, stage))
+            files["rejects"] = sha256(rej)
+            atomic_write_bytes(self.shard_path(j, ".rejects.parquet"), rej)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.shard_path(j, ".rejects.parquet").unlink()
+        atomic_write_bytes(self.shard_path(j), data)
+        marker = {"shard": j, "fingerprint": self.fingerprint, "input": input_digest,
+                  "files": files, "stats": stats}
+        atomic_write_json(self.shard_path(j, ".done"), marker)
+        return files["data"]
 
     @property
     def done(self) -> dict | None:
         marker = self.path / "_DONE"
-        return json.loads(marker.read_text()) if marker.exists() else None
+        try:
+            return json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
 
     def mark_done(self, info: dict) -> None:
         atomic_write_json(self.path / "_DONE", info)
 
+    def unmark_done(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / "_DONE").unlink()
+
     def columns(self) -> list[str]:
         for j in self.done_shards():
-            return [n for n in pq.read_schema(self.shard_path(j)).names]
+            return list(self.schema(j).names)
         return []
 
 
+def _remove_own_dir(path: Path) -> None:
+    """Delete the files smolforge wrote in a stage directory, then the directory
+    if nothing else is left in it (a user's file there keeps it)."""
+    for p in path.iterdir():
+        if p.is_file() and _STAGE_FILE.match(p.name):
+            p.unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def is_run_dir(root: Path) -> bool:
+    """Whether `root` holds a smolforge run (or only smolforge's own files)."""
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and (manifest.get("format") == RUN_FORMAT or "attempts" in manifest):
+        return True
+    stages = root / "stages"
+    return (all(p.name in _START_FILES for p in root.iterdir())
+            and (not stages.is_dir() or not any(stages.iterdir())))
+
+
 class RunStore:
-    def __init__(self, root: str | Path):
+    """A run directory, opened for one writer.
+
+    `RunStore(root)` refuses a non-empty directory that is not a smolforge run
+    (RunDirError) and takes the run lock (RunLocked if another process has it)."""
+
+    def __init__(self, root: str | Path, *, lock: bool = True):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise RunDirError(f"{self.root}: exists and is not a directory")
+        if self.root.is_dir() and any(self.root.iterdir()) and not is_run_dir(self.root):
+            raise RunDirError(
+                f"{self.root}: the directory is not empty and is not a smolforge run; "
+                "smolforge will not write into it (choose another --out)"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
+        if lock:
+            self._lock()
         (self.root / "stages").mkdir(exist_ok=True)
+
+    # ---------------------------------------------------------------- locking
+
+    def _lock(self) -> None:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.read(fd, 32).decode().strip() or "?"
+            finally:
+                os.close(fd)
+            raise RunLocked(f"{self.root}: run directory in use by pid {pid}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    # ---------------------------------------------------------------- manifest
 
     @property
     def manifest_path(self) -> Path:
@@ -160,43 +357,123 @@ class RunStore:
             return {}
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.manifest_path, manifest)
+        manifest["format"] = RUN_FORMAT
+        atomic_write_json(self.manifest_path, manifest, fsync=True)
+
+    # ---------------------------------------------------------------- stages
 
     def stage_dir(self, index: int, name: str, fingerprint: str) -> StageDir:
-        """The stage's directory, wiped first if it holds another recipe's output."""
+        """The stage's directory; another recipe's checkpoints in it are removed first."""
         path = self.root / "stages" / f"{index:02d}-{name}"
         fp_file = path / "FINGERPRINT"
-        if path.exists() and (not fp_file.exists() or fp_file.read_text().strip() != fingerprint):
-            shutil.rmtree(path)
+        if path.exists():
+            try:
+                current = fp_file.read_text().strip()
+            except OSError:
+                current = None
+            if current != fingerprint:
+                _remove_own_dir(path)
         if not path.exists():
             tmp = path.with_name(path.name + ".new")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            if tmp.exists():
+                _remove_own_dir(tmp)
+            tmp.mkdir(parents=True, exist_ok=True)
             (tmp / "FINGERPRINT").write_text(fingerprint)
             os.replace(tmp, path)
+        elif not fp_file.exists():  # a user's file kept the old directory alive
+            fp_file.write_text(fingerprint)
         return StageDir(path, fingerprint)
 
     def prune_stages(self, keep: Iterable[str]) -> None:
-        """Remove directories of stages no longer in the recipe."""
+        """Remove checkpoints of stages no longer in the recipe (our files only)."""
         keep = set(keep)
         for p in (self.root / "stages").iterdir():
-            if p.is_dir() and p.name not in keep:
-                shutil.rmtree(p)
+            if p.is_dir() and p.name not in keep and (p / "FINGERPRINT").exists():
+                _remove_own_dir(p)
 
-    def finalize(self, stage_dirs: list[tuple[str, StageDir]], n_shards: int) -> dict:
-        """Write data/ from the last stage and rejects/ from every stage."""
+    # ---------------------------------------------------------------- output
+
+    def finalize(self, stage_dirs: list[tuple[str, StageDir]], n_shards: int,
+                 previous: list[str] | None = None) -> dict:
+        """Stream data/ from the last stage's shards and rejects/ from every stage's,
+        one shard in memory at a time. `previous` lists the output files an earlier
+        attempt wrote (the only old outputs that may be removed)."""
         last = stage_dirs[-1][1]
-        tables = [pq.read_table(last.shard_path(j)) for j in range(n_shards)]
-        tables = [t for t in tables if t.num_rows]
-        data = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({"id": pa.array([], pa.string())})
-        rejects = [sd.read_rejects(j) for _, sd in stage_dirs for j in sd.done_shards()]
-        rejects = [t for t in rejects if t.num_rows]
-        rej = pa.concat_tables(rejects) if rejects else rejects_to_table([], "")
-        for sub, name, table in (("data", "train-00000-of-00001.parquet", data), ("rejects", "rejects.parquet", rej)):
-            d = self.root / sub
-            d.mkdir(exist_ok=True)
-            for old in d.glob("*.parquet"):
-                if old.name != name:
-                    old.unlink()
-            atomic_write_table(d / name, table)
-        return {"rows": data.num_rows, "rejected": rej.num_rows, "columns": data.column_names}
+        data_name = "data/train-00000-of-00001.parquet"
+        rej_name = "rejects/rejects.parquet"
+        schema = _unify([last.schema(j) for j in range(n_shards)])
+        rows = _stream(self.root / data_name, schema,
+                       (last.read_table(j) for j in range(n_shards)))
+        rej_tables = (t for _, sd in stage_dirs for j in sd.done_shards()
+                      if (t := sd.read_rejects(j)) is not None)
+        rejected = _stream(self.root / rej_name, REJECTS_SCHEMA, rej_tables)
+        for old in previous or []:
+            if old not in (data_name, rej_name):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / old).unlink()
+        return {"rows": rows, "rejected": rejected, "columns": schema.names,
+                "files": [data_name, rej_name]}
+
+
+def data_files(root: str | Path) -> list[Path]:
+    """The dataset files a run wrote (from its manifest), whatever else is in data/."""
+    root = Path(root)
+    try:
+        files = json.loads((root / "manifest.json").read_text())["data"]["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return sorted((root / "data").glob("train-*.parquet"))
+    return [root / f for f in files if f.startswith("data/")]
+
+
+def read_data(root: str | Path, columns: list[str] | None = None) -> pa.Table:
+    files = data_files(root)
+    if not files:
+        raise FileNotFoundError(f"{root}: the run has written no dataset yet")
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def _unify(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for every shard: a column that is all-null in one shard takes its
+    type from the others; a column missing from a shard is null there."""
+    if not schemas:
+        return pa.schema([("id", pa.string())])
+    return pa.unify_schemas(schemas, promote_options="permissive")
+
+
+def _stream(path: Path, schema: pa.Schema, tables: Iterator[pa.Table],
+            row_group: int = 65536) -> int:
+    """Write `tables` into one Parquet file without holding them all: small shards
+    are gathered into row groups of up to `row_group` rows."""
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    n, pending, pending_rows = 0, [], 0
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+        def flush() -> None:
+            nonlocal pending, pending_rows
+            if pending:
+                w.write_table(pa.concat_tables(pending))
+                pending, pending_rows = [], 0
+
+        for t in tables:
+            if not t.num_rows:
+                continue
+            t = _conform(t, schema)
+            pending.append(t)
+            pending_rows += t.num_rows
+            n += t.num_rows
+            if pending_rows >= row_group:
+                flush()
+        flush()
+    os.replace(tmp, path)
+    return n
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    cols = []
+    for field in schema:
+        if field.name in t.column_names:
+            col = t.column(field.name)
+            cols.append(col if col.type == field.type else col.cast(field.type))
+        else:
+            cols.append(pa.nulls(t.num_rows, field.type))
+    return pa.Table.from_arrays(cols, schema=schema)

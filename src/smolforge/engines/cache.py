@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from smolforge.engines.base import Engine, OnResponse, Request, Response, request_key
@@ -30,6 +30,26 @@ class ResponseCache:
             " key TEXT PRIMARY KEY, response TEXT NOT NULL, created REAL NOT NULL)"
         )
         self._db.commit()
+
+    @classmethod
+    def open(cls, path: str | Path, warn: Callable[[str], None] | None = None) -> ResponseCache:
+        """Open the cache; a damaged file is moved aside (never deleted), with a
+        warning naming both files, and a new cache is started in its place."""
+        try:
+            cache = cls(path)
+            cache._db.execute("SELECT key, response FROM responses LIMIT 1").fetchall()
+            return cache
+        except sqlite3.DatabaseError as e:
+            path = Path(path)
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                src = path.with_name(path.name + suffix)
+                if src.exists():
+                    src.rename(aside.with_name(aside.name + suffix))
+            if warn:
+                warn(f"{path}: the response cache is damaged ({e}); moved it to {aside} "
+                     "and started a new one (responses will be generated again)")
+            return cls(path)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Response]:
         out: dict[str, Response] = {}

@@ -229,6 +229,8 @@ class OpenAIEngine(Engine):
             ident["endpoint"] = self.endpoint
         if self.extra_body:
             ident["extra_body"] = self.extra_body
+        if self.schema_format != "json_schema":  # the default stays out: old cache keys hold
+            ident["schema_format"] = self.schema_format
         return ident
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -498,7 +500,9 @@ class OpenAIEngine(Engine):
                     raw = await r.read()
                     if r.status == 200:
                         data = _json_or_none(raw)
-                        if not isinstance(data, dict) or not data.get("choices"):
+                        choices = data.get("choices") if isinstance(data, dict) else None
+                        if not isinstance(choices, list) or not choices or not all(
+                                isinstance(c, dict) for c in choices):
                             raise _AttemptError("bad response", _snippet(raw),
                                                 retry=True, unavailable=False)
                         counts = data.get("usage") or {}

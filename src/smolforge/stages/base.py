@@ -32,6 +32,13 @@ class Reject:
     reason: str
 
 
+def is_engine_error(reason: str) -> bool:
+    """Whether a reject was caused by an engine failure (server down, timeout, bad
+    request) rather than the record's quality. Such rejects are not final: the
+    runner retries them on the next run. LLM stages word them "engine error ..."."""
+    return any(part.lstrip().startswith("engine error") for part in reason.split("; "))
+
+
 @dataclass
 class Result:
     kept: list[Record] = field(default_factory=list)

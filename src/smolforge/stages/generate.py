@@ -9,15 +9,16 @@ parameters, seed, finish reason) goes into `meta[<stage name>]`.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Engine, Request, Response
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
-from smolforge.templates import load_source, render, template_hash, variables
+from smolforge.templates import load_source, render, template_hash, template_variables, variables
 
 EngineField = str | dict[str, Any] | list[str | dict[str, Any]] | None
 
@@ -41,6 +42,7 @@ class LLMStage(MapStage):
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(None, description="sampling seed (default: the recipe seed)")
     n: int = Field(1, ge=1, le=64, description="samples per record")
+    _recipe_dir: Path | None = PrivateAttr(None)  # set by recipe validation, for requires()
 
     @model_validator(mode="after")
     def _one_template(self):
@@ -51,13 +53,13 @@ class LLMStage(MapStage):
     # -- helpers for subclasses
 
     def prompt_source(self, ctx: StageContext) -> str:
-        return load_source(self.template, self.template_file, ctx.recipe_dir)
+        return load_source(self.template, self.template_file, ctx.recipe_dir, ctx.allowed_roots)
 
     def requires(self) -> set[str]:
-        # An inline template's variables are known without the recipe directory;
-        # a template file's are checked when the stage first renders.
-        src = (self.template or "") + (self.system or "")
-        return set(variables(src)) if src else set()
+        # A template file's variables are known once validation has set the
+        # recipe's folder, so a typo there is caught before the run too.
+        names = set(template_variables(self.template, self.template_file, self._recipe_dir))
+        return names | (set(variables(self.system)) if self.system else set())
 
     def engines(self, ctx: StageContext) -> list[Engine]:
         specs = self.engine if isinstance(self.engine, list) else [self.engine]

@@ -57,8 +57,9 @@ def builtin_rubrics() -> list[str]:
     return sorted(p.stem for p in RUBRIC_DIR.glob("*.yaml"))
 
 
-@lru_cache(maxsize=32)
 def load_rubric(name_or_path: str, base_dir: str = ".") -> Rubric:
+    """The rubric, read from its file on every call (a user may edit it between two
+    runs in one process); parsing is cached by content."""
     path = RUBRIC_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         path = Path(base_dir) / Path(name_or_path).expanduser()
@@ -68,7 +69,12 @@ def load_rubric(name_or_path: str, base_dir: str = ".") -> Rubric:
             f"unknown rubric {name_or_path!r}"
             + (f" (did you mean {hint!r}?)" if hint else f" (built-in: {', '.join(builtin_rubrics())}; or a YAML file)")
         )
-    return Rubric.model_validate(yaml.safe_load(path.read_text()))
+    return _parse_rubric(path.read_text())
+
+
+@lru_cache(maxsize=32)
+def _parse_rubric(text: str) -> Rubric:
+    return Rubric.model_validate(yaml.safe_load(text))
 
 
 def parse_score(answer: str, pattern: str, structured: bool) -> tuple[float | None, str]:

@@ -15,16 +15,21 @@ import csv
 import glob
 import json
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from itertools import product
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.stages.base import Record, Reject, SourceStage
+
+# The most records one `combine` produces: sampling keeps `count` indexes in memory
+# (Python's random.sample), about 100 bytes each, so 10 million is about 1 GB.
+MAX_COMBINATIONS = 10_000_000
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
            ".csv": "csv", ".txt": "txt", ".md": "txt", ".text": "txt"}
@@ -52,7 +57,10 @@ class Read(SourceStage):
     )
     on_error: Literal["raise", "reject"] = "raise"
 
-    def files(self, base_dir: Path) -> list[Path]:
+    def files(self, base_dir: Path, roots: Sequence[Path] | None = None) -> list[Path]:
+        """The files `path` names, in order. With `roots` (the recipe's allowed
+        folders), a match that resolves outside them (a symlink planted after the
+        recipe was checked) is a RecipeError."""
         out: list[Path] = []
         for pattern in [self.path] if isinstance(self.path, str) else self.path:
             p = Path(pattern).expanduser()
@@ -60,7 +68,12 @@ class Read(SourceStage):
             matches = sorted(glob.glob(str(p), recursive=True))
             if not matches:
                 raise InputError(f"{pattern}: no files match")
-            out.extend(Path(m) for m in matches if Path(m).is_file())
+            for m in matches:
+                if roots is not None:
+                    shown = f"{m!r} (matched by {pattern!r})" if glob.has_magic(pattern) else repr(pattern)
+                    _check_allowed(Path(m), roots, shown)
+                if Path(m).is_file():
+                    out.append(Path(m))
         return out
 
     def _format(self, path: Path) -> str:
@@ -77,7 +90,7 @@ class Read(SourceStage):
         return None  # only known once the files are read
 
     def read(self, ctx: StageContext) -> Iterator[Record | Reject]:
-        for path in self.files(ctx.recipe_dir):
+        for path in self.files(ctx.recipe_dir, getattr(ctx, "allowed_roots", None)):
             fmt = self._format(path)
             reader = getattr(self, f"_read_{fmt}")
             for where, row, error in reader(path):
@@ -105,8 +118,13 @@ class Read(SourceStage):
     # Each reader yields (where, row-or-raw-text, error-or-None).
 
     def _read_jsonl(self, path: Path):
-        with open(path, encoding="utf-8", errors="strict") as f:
-            for n, line in enumerate(_lines(f, path), 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield f"{path}:{n}", _shown(raw), _utf8_error(raw, e)
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -116,7 +134,7 @@ class Read(SourceStage):
 
     def _read_json(self, path: Path):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_decode_whole(path))
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
         if isinstance(data, dict):
@@ -130,12 +148,20 @@ class Read(SourceStage):
             yield f"{path}: item {i}", row, None
 
     def _read_csv(self, path: Path):
-        with open(path, newline="", encoding="utf-8") as f:
+        # Undecodable bytes become lone surrogates (`surrogateescape`), so that one
+        # bad row is reported (or rejected) with its line and the rest still read.
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
+            if any(_SURROGATE.search(h or "") for h in header):
+                raise InputError(f"{path}:1: invalid UTF-8 in the header")
             for row in reader:
                 where = f"{path}:{reader.line_num}"
-                if None in row or any(v is None for v in row.values()):
+                bad = next((v for v in row.values() if isinstance(v, str) and _SURROGATE.search(v)), None)
+                if bad is not None:
+                    yield where, _shown(bad.encode("utf-8", "surrogateescape")), _utf8_error(
+                        bad.encode("utf-8", "surrogateescape"))
+                elif None in row or any(v is None for v in row.values()):
                     got = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
                     yield where, _short(row), f"expected {len(header)} fields, got {got}"
                 else:
@@ -151,23 +177,67 @@ class Read(SourceStage):
                 n += 1
 
     def _read_txt(self, path: Path):
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
         if self.text_unit == "file":
+            m = _SURROGATE.search(text)
+            if m:
+                line = text.count("\n", 0, m.start()) + 1
+                raw = text.split("\n")[line - 1].encode("utf-8", "surrogateescape")
+                yield f"{path}:{line}", _shown(raw), _utf8_error(raw)
+                return
             yield str(path), {"text": text, "source": str(path)}, None
             return
         sep = "\n\n" if self.text_unit == "paragraph" else "\n"
         line = 1
         for chunk in text.split(sep):
-            if chunk.strip():
+            m = _SURROGATE.search(chunk)
+            if m:
+                at = line + chunk.count("\n", 0, m.start())
+                raw = chunk.split("\n")[at - line].encode("utf-8", "surrogateescape")
+                yield f"{path}:{at}", _shown(raw), _utf8_error(raw)
+            elif chunk.strip():
                 yield f"{path}:{line}", {"text": chunk.strip(), "source": f"{path}:{line}"}, None
             line += chunk.count("\n") + sep.count("\n")
 
 
-def _lines(f, path: Path):
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _utf8_error(raw: bytes, e: UnicodeDecodeError | None = None) -> str:
+    """`invalid UTF-8 (byte 0xff at column 7)`: where in the line, not in the file."""
+    if e is None:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            e = err
+    if e is None:
+        return "invalid UTF-8"
+    return f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}: {e.reason})"
+
+
+def _shown(raw: bytes) -> str:
+    """A bad line for the rejects: valid text as is, bad bytes as \\xNN."""
+    return raw.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")[:2000]
+
+
+def _decode_whole(path: Path) -> str:
+    data = path.read_bytes()
     try:
-        yield from f
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        line = data.count(b"\n", 0, e.start) + 1
+        raw = data.split(b"\n")[line - 1]
+        raise InputError(f"{path}:{line}: {_utf8_error(raw)}") from None
+
+
+def _check_allowed(path: Path, roots: Sequence[Path], shown: str) -> None:
+    from smolforge.context import PathNotAllowed, check_inside
+    from smolforge.recipe import RecipeError
+
+    try:
+        check_inside(path, roots, shown)
+    except PathNotAllowed as e:
+        raise RecipeError([str(e)]) from None
 
 
 def _short(row: Any) -> str:
@@ -206,7 +276,9 @@ class Combine(SourceStage):
 
     type: Literal["combine"] = "combine"
     lists: dict[str, list[Any] | str] = Field(description="column -> values, or a file of values")
-    count: int | None = Field(None, ge=1, description="sample this many combinations (default: all)")
+    count: int | None = Field(
+        None, ge=1, le=MAX_COMBINATIONS, description="sample this many combinations (default: all)"
+    )
 
     @field_validator("lists")
     @classmethod
@@ -217,6 +289,13 @@ class Combine(SourceStage):
             if isinstance(values, list) and not values:
                 raise ValueError(f"list {name!r} is empty")
         return v
+
+    @model_validator(mode="after")
+    def _fits(self):
+        # Inline lists: the size is known now; lists from files are checked on reading.
+        if self.count is None and all(isinstance(v, list) for v in self.lists.values()):
+            _check_total(math.prod(len(v) for v in self.lists.values()), None)
+        return self
 
     def provides(self) -> set[str]:
         return set(self.lists)
@@ -248,6 +327,7 @@ class Combine(SourceStage):
         names = list(values)
         sizes = [len(values[n]) for n in names]
         total = math.prod(sizes)
+        _check_total(total, self.count, runtime=True)
         if self.count is None or self.count >= total:
             for combo in product(*(values[n] for n in names)):
                 yield _with_knobs(dict(zip(names, combo)))
@@ -260,6 +340,19 @@ class Combine(SourceStage):
                 index, k = divmod(index, size)
                 rec[name] = values[name][k]
             yield _with_knobs({n: rec[n] for n in names})
+
+
+def _check_total(total: int, count: int | None, runtime: bool = False) -> None:
+    """All combinations (no `count`) must be few enough to produce; past
+    MAX_COMBINATIONS a run would never finish (or fill memory) - say so up front."""
+    if count is None and total > MAX_COMBINATIONS:
+        msg = (f"{total} combinations are more than a run can produce (at most "
+               f"{MAX_COMBINATIONS}); set `count` to sample some of them")
+        if runtime:
+            from smolforge.recipe import RecipeError
+
+            raise RecipeError([f"combine: {msg}"])
+        raise ValueError(msg)
 
 
 def _with_knobs(rec: Record) -> Record:

@@ -21,8 +21,8 @@ value in the drop reason:
 - `text_quality: 31 tokens < 50 (column 'text')`.
 - `text_quality: refusal 'as an ai' (column 'text')`.
 
-Tokens: words and runs of punctuation counted by one regular expression (the same
-tokenizer as the heuristics filters), so no model tokenizer is needed; for English
+Tokens: words and runs of punctuation counted by one regular expression (the
+heuristics filters' `tokenizer: regex`), so no model tokenizer is needed; for English
 prose a BPE tokenizer gives about 1.1-1.3 times as many, so a bound in these
 tokens is a slightly stricter bound in model tokens.
 
