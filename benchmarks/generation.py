@@ -1,11 +1,16 @@
 """Generation throughput on the bundled SmolLM2-135M: smolforge's `llamacpp` engine against
 (a) a loop over llama-cpp-python's high-level `Llama.create_chat_completion` (how other
-tools call llama.cpp) and (b) a minimal low-level batched decode written here (the ceiling:
-every prompt in its own seq_id, one `llama_decode` per step, greedy argmax, no extras).
+tools call llama.cpp), (b) a minimal low-level batched decode written here (the ceiling:
+every prompt in its own seq_id, one `llama_decode` per step, greedy argmax, no extras) and
+(d) llama.cpp's own OpenAI-compatible server with every request sent at once: the C++
+`llama-server` (continuous batching over `--parallel` slots) when one is on PATH or given
+with `--llama-server`, else `python -m llama_cpp.server`, which serves one request at a
+time (llama-cpp-python builds no C++ server binary); the output says which ran.
 
-All three decode the same chat prompts greedily, up to `--tokens` new tokens each (a
-sequence stops early at an end-of-generation token). Model loading is not timed. Prints
-JSON with tokens/s of each and the ratios c/a and c/b (targets: >= 1.6 and >= 0.95).
+Every side decodes the same chat prompts greedily, up to `--tokens` new tokens each (a
+sequence stops early at an end-of-generation token), with the same thread count, after an
+untimed warm-up on the same model. Model loading is not timed. Prints JSON with tokens/s
+of each and the ratios of c (smolforge) to the others (targets: c/a >= 1.6, c/b >= 0.95).
 
     python benchmarks/generation.py                      # 64 prompts x 128 tokens
     python benchmarks/generation.py --prompts 8 --tokens 16   # quick check
@@ -18,7 +23,13 @@ import ctypes
 import gc
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import llama_cpp as lc
 import numpy as np
@@ -123,6 +134,11 @@ def run_ceiling(
     entries: list[tuple[int, int, int, bool]] = []  # (token, pos, seq, wants logits)
     nxt: dict[int, int] = {}  # seq -> token to decode next
 
+    # Warm-up (untimed), as the other sides get: a short prefill and two decode steps.
+    decode([(t, p, 0, p == len(toks[0]) - 1) for p, t in enumerate(toks[0][:8])])
+    decode([(toks[0][0], 8, 0, True)])
+    lc.llama_memory_clear(mem, True)
+
     def flush() -> None:
         decode(entries)
         nxt.update({e[2]: argmax(i) for i, e in enumerate(entries) if e[3]})
@@ -177,6 +193,7 @@ ENGINE_PROMPT_STATS: list[dict[str, int]] = []
 def run_engine(
     chats: list, max_tokens: int, threads: int | None, parallel: int | None
 ) -> tuple[int, float, list]:
+    """`threads` None: the engine's own choice (adaptive); otherwise fixed, as the others."""
     kw = {"n_parallel": parallel} if parallel else {}
     eng = LlamaCppEngine(n_threads=threads, **kw)
     eng.generate([Request(messages=chats[0], max_tokens=2)])  # load + warm-up
@@ -194,6 +211,82 @@ def run_engine(
     return sum(r.completion_tokens for r in out), dt, [r.completions[0].text for r in out]
 
 
+SERVER_NOTE: dict[str, str] = {}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=3600) as r:
+        return json.loads(r.read())
+
+
+def run_server(
+    path: str, chats: list, max_tokens: int, threads: int, parallel: int, binary: str | None
+) -> tuple[int, float, list]:
+    """llama.cpp's own server, every request in flight at once (as an HTTP client would)."""
+    port = _free_port()
+    per_slot = 2048
+    if binary:
+        cmd = [binary, "-m", path, "--host", "127.0.0.1", "--port", str(port),
+               "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
+               "-c", str(per_slot * parallel), "--cont-batching", "--no-webui"]
+        SERVER_NOTE.update(server=f"C++ llama-server ({binary}), {parallel} slots, "
+                           "continuous batching")
+    else:
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", path, "--host",
+               "127.0.0.1", "--port", str(port), "--n_ctx", str(per_slot), "--n_threads",
+               str(threads), "--n_threads_batch", str(threads), "--verbose", "False"]
+        SERVER_NOTE.update(server="python -m llama_cpp.server: serves ONE request at a time "
+                           "(no batching; no C++ llama-server binary found: --llama-server)")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"server exited {proc.returncode}: {log.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(base + "/v1/models", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+        def ask(chat: list, n: int) -> dict:
+            body = {"model": "m", "messages": chat, "max_tokens": n, "temperature": 0.0}
+            return _post(base + "/v1/chat/completions", body)
+
+        ask(chats[0], 2)  # warm-up
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max(len(chats), 1)) as pool:
+            outs = list(pool.map(lambda c: ask(c, max_tokens), chats))
+        dt = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    n = sum(o["usage"]["completion_tokens"] for o in outs)
+    return n, dt, [o["choices"][0]["message"]["content"] for o in outs]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=64)
@@ -202,9 +295,14 @@ def main() -> None:
         "--threads",
         type=int,
         default=None,
-        help="threads for all three (default: all cores for a and b, the "
-        "engine's own choice for c)",
+        help="threads for every side (default: all cores)",
     )
+    ap.add_argument(
+        "--engine-adaptive",
+        action="store_true",
+        help="let c choose its thread count (adaptive) instead of the common --threads",
+    )
+    ap.add_argument("--llama-server", default=None, help="path to a C++ llama-server binary")
     ap.add_argument(
         "--parallel", type=int, default=None, help="engine n_parallel (default: its own)"
     )
@@ -215,12 +313,12 @@ def main() -> None:
         default="split",
         help="ceiling's KV cache: one stream per sequence, or one shared",
     )
-    ap.add_argument("--skip", default="", help="comma list of phases to skip: a,b,c")
+    ap.add_argument("--skip", default="", help="comma list of phases to skip: a,b,c,d")
     ap.add_argument(
         "--rounds",
         type=int,
         default=1,
-        help="run a,b,c this many times, interleaved; report each one's best "
+        help="run a,b,c,d this many times, interleaved; report each one's best "
         "(the machine may be shared: the best run is the least disturbed)",
     )
     args = ap.parse_args()
@@ -247,8 +345,14 @@ def main() -> None:
             min(args.ceiling_parallel, len(chats)),
             args.ceiling_kv == "unified",
         ),
-        "c_smolforge": lambda: run_engine(chats, args.tokens, args.threads, args.parallel),
+        "c_smolforge": lambda: run_engine(
+            chats, args.tokens, None if args.engine_adaptive else threads, args.parallel
+        ),
+        "d_llamacpp_server": lambda: run_server(
+            path, chats, args.tokens, threads, args.parallel or 32, server_bin
+        ),
     }
+    server_bin = args.llama_server or shutil.which("llama-server")
     for _ in range(args.rounds):
         for name, fn in phases.items():
             if name[0] in skip:
@@ -275,6 +379,10 @@ def main() -> None:
             result["ratio_c_over_b"] = round(tps["c_smolforge"] / tps["b_lowlevel_ceiling"], 2)
             same = sum(x == y for x, y in zip(texts["b_lowlevel_ceiling"], texts["c_smolforge"]))
             result["greedy_texts_identical_b_c"] = f"{same}/{len(chats)}"
+        if "d_llamacpp_server" in tps:
+            result["ratio_c_over_d"] = round(tps["c_smolforge"] / tps["d_llamacpp_server"], 2)
+    result.update(SERVER_NOTE)
+    result["c_threads"] = "adaptive" if args.engine_adaptive else threads
     print(json.dumps(result, indent=2))
 
 

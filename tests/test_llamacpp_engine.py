@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
+from pathlib import Path
 
 import pytest
 
 from smolforge.engines.base import Request, Response
 from smolforge.engines.llamacpp import LlamaCppEngine
+from smolforge.engines.models import resolve_model_path
 from smolforge.registry import engines
 
 POEMS = [
@@ -27,28 +31,37 @@ def engine():
     eng.close()
 
 
-def test_registered():
+def test_registered_and_identified_by_file_content():
     assert engines.get("llamacpp") is LlamaCppEngine
-    assert LlamaCppEngine().identity()["sha256"]
+    path = resolve_model_path("smollm2-135m")
+    want = hashlib.sha256(path.read_bytes()).hexdigest()  # independent of the memoised hash
+    assert LlamaCppEngine().identity() == {
+        "kind": "llamacpp", "model": "smollm2-135m", "sha256": want
+    }
 
 
-def test_chat_and_raw_completion(engine):
+def test_chat_goes_through_the_template_raw_does_not(engine):
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
     chat_r, raw_r = engine.generate(
         [
-            chat("What is 2+2?", max_tokens=16),
+            Request(messages=msgs, max_tokens=16),
             Request(prompt="The capital of France is", max_tokens=6),
         ]
     )
-    for r in (chat_r, raw_r):
-        assert r.error is None and r.completions[0].text.strip()
-        assert r.prompt_tokens > 0
-    # Chat: the template wraps the message, so there are many more prompt tokens
-    # than words, and the model answers then emits its end-of-turn token.
-    assert chat_r.prompt_tokens > 20
-    c = chat_r.completions[0]
-    assert c.finish_reason == "stop" and 0 < c.tokens < 16 and "<|im_end|>" not in c.text
-    # Raw: a plain continuation, no template (5 prompt tokens).
-    assert raw_r.prompt_tokens < 10 and "Paris" in raw_r.completions[0].text
+    assert chat_r.error is None and raw_r.error is None
+    rt = engine._rt
+    # Prompt tokens: exactly the rendered ChatML template for chat, the bare text for raw.
+    rendered = engine.chat_template().render(msgs, add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+    assert chat_r.prompt_tokens == len(rt.tokenize(rendered, add_special=True))
+    assert raw_r.prompt_tokens == len(rt.tokenize("The capital of France is", add_special=True))
+    for r, limit in ((chat_r, 16), (raw_r, 6)):
+        c = r.completions[0]
+        # "length" exactly when the limit was reached; "stop" means an end-of-turn token came
+        # first, which is not counted and not in the text.
+        assert 0 < c.tokens <= limit and (c.finish_reason == "length") == (c.tokens == limit)
+        assert c.finish_reason in ("stop", "length") and "<|im_end|>" not in c.text
+        assert r.completion_tokens == c.tokens
 
 
 def test_length_and_token_counts(engine):
@@ -140,15 +153,16 @@ def test_n_samples_share_prompt_and_match_single_seeds(engine):
 
 def test_repeat_penalty_changes_greedy_choice(engine):
     prompt = "1, 1, 1, 1, 1, 1, 1, 1,"
-    plain, penal = engine.generate(
+    plain, neutral, penal = engine.generate(
         [
             Request(prompt=prompt, max_tokens=8),
+            Request(prompt=prompt, max_tokens=8, repeat_penalty=1.0),
             Request(prompt=prompt, max_tokens=8, repeat_penalty=1.8),
         ]
     )
-    assert "1, 1" in plain.completions[0].text  # greedy keeps repeating
-    assert penal.error is None and penal.completions[0].tokens > 0
-    assert "1, 1" not in penal.completions[0].text
+    assert all(r.error is None and r.completions[0].tokens == 8 for r in (plain, neutral, penal))
+    assert neutral.completions[0].text == plain.completions[0].text  # 1.0 is no penalty
+    assert penal.completions[0].text != plain.completions[0].text
 
 
 def test_stop_strings(engine):
@@ -163,21 +177,37 @@ def test_stop_strings(engine):
     assert c.finish_reason == "stop"
 
 
-def test_json_schema_output(engine):
-    schema = {
-        "type": "object",
-        "properties": {"answer": {"type": "integer"}},
-        "required": ["answer"],
-        "additionalProperties": False,
-    }
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "level": {"enum": ["low", "mid", "high"]}},
+    "required": ["ok", "level"],
+    "additionalProperties": False,
+}
+
+
+def valid(data: object) -> bool:
+    """SCHEMA checked by hand (no validator library in the environment)."""
+    return (
+        isinstance(data, dict)
+        and set(data) == {"ok", "level"}
+        and isinstance(data["ok"], bool)
+        and data["level"] in ("low", "mid", "high")
+    )
+
+
+def test_json_schema_output_parses_and_follows_the_schema(engine):
+    """The grammar allows only JSON of this schema and ends it: every answer, greedy or
+    sampled, parses, validates and finishes with "stop" well inside max_tokens."""
+    assert not valid({"ok": 1, "level": "low"}) and not valid({"ok": True})  # the checker bites
     reqs = [
-        chat(q, max_tokens=16, json_schema=schema)
-        for q in ("What is 2+2?", "How many legs has a dog?")
-    ] + [chat("Pick a number.", max_tokens=16, json_schema=schema, temperature=0.8, seed=3)]
+        chat(q, max_tokens=48, json_schema=SCHEMA)
+        for q in ("Is the sky green?", "Rate this: 'cats sleep a lot'.")
+    ] + [chat("Pick one.", max_tokens=48, json_schema=SCHEMA, temperature=1.0, seed=s)
+         for s in (3, 4)]
     for r in engine.generate(reqs):
-        assert r.error is None and r.completions[0].finish_reason == "stop"
-        data = json.loads(r.completions[0].text)
-        assert set(data) == {"answer"} and isinstance(data["answer"], int)
+        c = r.completions[0]
+        assert r.error is None and c.finish_reason == "stop" and c.tokens < 48
+        assert valid(json.loads(c.text)), c.text
 
 
 def test_bad_schema_and_too_long_prompt_fail_alone(engine):
@@ -190,13 +220,96 @@ def test_bad_schema_and_too_long_prompt_fail_alone(engine):
     ]
     out = engine.generate(reqs, on_response=lambda i, r: done.append((i, r)))
     assert out[0].error is None and out[3].error is None
-    assert out[0].completions[0].text and out[3].completions[0].text
+    assert out[0].completions[0].tokens > 0 and out[3].completions[0].tokens > 0
     assert "prompt has 70" in out[1].error and "context is 512" in out[1].error
     assert out[1].prompt_tokens > 512
-    assert out[2].error
+    assert out[2].error.startswith("json_schema cannot be turned into a grammar")
+    assert "#/nowhere" in out[2].error
     assert sorted(i for i, _ in done) == [0, 1, 2, 3]  # each reported exactly once
     assert all(out[i] is r for i, r in done)
 
 
 def test_empty_batch(engine):
     assert engine.generate([]) == []
+
+
+def _gguf_with_chat_template(src: Path, dst: Path, template: str) -> None:
+    """Copy a GGUF, replacing its `tokenizer.chat_template` (GGUF v3 layout, written here from
+    the spec, github.com/ggml-org/ggml/blob/master/docs/gguf.md, not with llama.cpp)."""
+    data = src.read_bytes()
+    magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
+    assert magic == b"GGUF" and version == 3
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    off = 24
+
+    def string(o: int) -> tuple[bytes, int]:
+        (n,) = struct.unpack_from("<Q", data, o)
+        return data[o + 8 : o + 8 + n], o + 8 + n
+
+    def skip_value(t: int, o: int) -> int:
+        if t == 8:
+            return string(o)[1]
+        if t == 9:
+            et, n = struct.unpack_from("<IQ", data, o)
+            o += 12
+            for _ in range(n):
+                o = skip_value(et, o)
+            return o
+        return o + sizes[t]
+
+    kvs, alignment = [], 32
+    for _ in range(n_kv):
+        start = off
+        key, off = string(off)
+        (t,) = struct.unpack_from("<I", data, off)
+        end = skip_value(t, off + 4)
+        if key == b"general.alignment":
+            (alignment,) = struct.unpack_from("<I", data, off + 4)
+        if key != b"tokenizer.chat_template":
+            kvs.append(data[start:end])
+        off = end
+    t_start = off
+    for _ in range(n_tensors):
+        _, off = string(off)
+        (n_dims,) = struct.unpack_from("<I", data, off)
+        off += 4 + 8 * n_dims + 4 + 8
+    tensor_infos = data[t_start:off]
+    data_start = -(-off // alignment) * alignment
+    key, value = b"tokenizer.chat_template", template.encode()
+    kvs.append(struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, len(value)) + value)
+    head = struct.pack("<4sIQQ", b"GGUF", 3, n_tensors, len(kvs)) + b"".join(kvs) + tensor_infos
+    head += b"\0" * (-len(head) % alignment)
+    with open(dst, "wb") as f:
+        f.write(head)
+        f.write(memoryview(data)[data_start:])
+
+
+def test_non_bundled_gguf_uses_its_own_chat_template(tmp_path):
+    """`model: PATH` to another GGUF: the chat template is read from that file's metadata
+    (here a Llama-3-style one written into a copy of the bundled model), not ChatML."""
+    llama3 = (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
+        "<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+        "{% endif %}"
+    )
+    path = tmp_path / "other.gguf"
+    _gguf_with_chat_template(resolve_model_path("smollm2-135m"), path, llama3)
+    eng = LlamaCppEngine(model=str(path), n_parallel=2, n_ctx=256)
+    try:
+        assert eng.identity()["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        tmpl = eng.chat_template()
+        assert tmpl.source == llama3
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi! "}]
+        want = (
+            "<|im_start|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        )
+        assert tmpl.render(msgs, add_generation_prompt=True) == want  # bos_token: the GGUF's
+        (r,) = eng.generate([Request(messages=msgs, max_tokens=3)])
+        assert r.error is None and r.completions[0].tokens > 0
+        # The BOS text starts the render, so no second BOS is added.
+        assert r.prompt_tokens == len(eng._rt.tokenize(want, add_special=False))
+    finally:
+        eng.close()

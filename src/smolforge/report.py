@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smolforge.stages.base import is_engine_error
-from smolforge.store import data_files, read_data
+from smolforge.store import data_files
 
 _PAREN = re.compile(r"\s*\([^()]*\)\s*$")
 _QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
@@ -59,8 +59,8 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     leaks: Counter = Counter()
     examples: dict[tuple, str] = {}
     if rej_path.exists():
-        rej = pq.read_table(rej_path, columns=["stage", "reason"]).to_pylist()
-        for r in rej:
+        batches = pq.ParquetFile(rej_path).iter_batches(batch_size=65536, columns=["stage", "reason"])
+        for r in (r for b in batches for r in b.to_pylist()):
             if r["reason"].startswith("contaminated: "):
                 # one group per benchmark, whatever the item ids look like
                 bench = r["reason"][len("contaminated: "):].split(" item ", 1)[0]
@@ -79,28 +79,37 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     ]
     out["quality_rejects"] = sum(g["count"] for g in out["rejects"] if g["kind"] == "quality")
     out["samples"] = []
-    if data_files(run_dir):
-        table = read_data(run_dir)
-        rows = table.slice(0, samples).to_pylist()
-        for r in rows:
-            r.pop("meta", None)
-        out["samples"] = rows
-        if "meta" in table.column_names:
-            out["knobs"] = knob_distribution(table.column("meta").to_pylist())
-        if "text" in table.column_names:
-            out["first_words"] = Counter(
-                " ".join(str(t or "").split()[:5]) for t in table.column("text").to_pylist()
-            ).most_common(5)
+    knobs: dict[str, Counter] = {}
+    first_words: Counter = Counter()
+    has_meta = has_text = False
+    for path in data_files(run_dir):  # batch by batch: memory stays bounded for big runs
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        if len(out["samples"]) < samples and pf.metadata.num_rows:
+            rows = next(pf.iter_batches(batch_size=samples - len(out["samples"]))).to_pylist()
+            for r in rows:
+                r.pop("meta", None)
+            out["samples"] += rows
+        cols = [c for c in ("meta", "text") if c in names]
+        has_meta, has_text = has_meta or "meta" in cols, has_text or "text" in cols
+        for batch in pf.iter_batches(batch_size=65536, columns=cols) if cols else ():
+            if "meta" in cols:
+                count_knobs(batch.column("meta").to_pylist(), knobs)
+            if "text" in cols:
+                first_words.update(" ".join(str(t or "").split()[:5])
+                                   for t in batch.column("text").to_pylist())
+    if has_meta:
+        out["knobs"] = {k: c.most_common(10) for k, c in knobs.items()}
+    if has_text:
+        out["first_words"] = first_words.most_common(5)
     return out
 
 
-def knob_distribution(metas: list[str | None]) -> dict[str, list[tuple[Any, int]]]:
-    """Counts of each knob value (`meta.knobs`: audience, style, persona, round ...)."""
-    counts: dict[str, Counter] = {}
+def count_knobs(metas: list[str | None], counts: dict[str, Counter]) -> None:
+    """Add each knob value (`meta.knobs`: audience, style, persona, round ...) to `counts`."""
     for m in metas:
         for k, v in (json.loads(m) if m else {}).get("knobs", {}).items():
             counts.setdefault(k, Counter())[v] += 1
-    return {k: c.most_common(10) for k, c in counts.items()}
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:

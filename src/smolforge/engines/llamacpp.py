@@ -38,8 +38,10 @@ class LlamaCppEngine(Engine):
     each batch's needs (sequences x longest prompt + max_tokens, at most n_parallel x
     n_ctx; SmolLM2-135M needs about 23 KB per token) and only grows.
 
-    Greedy output does not depend on which requests share a batch, nor on the thread
-    count; a sampled one depends only on its seed (`seed + k` for the k-th of `n`).
+    Greedy output is a function of (model file, request): it does not depend on which
+    requests share a batch or a call, their order, earlier calls, `n_parallel` or the
+    thread count (see `llamacpp_batch`); a sampled one depends only on its seed (`seed + k`
+    for the k-th of `n`).
     `Completion.tokens` counts every token generated, also those of a stop string cut
     from the text, but not the end-of-generation token.
     """
@@ -55,7 +57,9 @@ class LlamaCppEngine(Engine):
         "other processes compete for the cores, chosen from measured step times)",
     )
     n_parallel: int = Field(32, ge=1, le=256, description="sequences decoded together")
-    n_batch: int = Field(512, ge=1, description="most tokens per decode step (prefill chunk)")
+    n_batch: int = Field(
+        512, ge=1, description="most prompt tokens prefilled per step, over all sequences"
+    )
 
     _rt: Any = PrivateAttr(None)
     _template: ChatTemplate | None = PrivateAttr(None)
@@ -120,7 +124,10 @@ class LlamaCppEngine(Engine):
                     "(n_ctx); shorten the prompt or raise n_ctx"
                 )
             if req.json_schema is not None:
-                job.grammar = json_schema_to_gbnf(json.dumps(req.json_schema))
+                try:
+                    job.grammar = json_schema_to_gbnf(json.dumps(req.json_schema))
+                except Exception as e:  # noqa: BLE001 - llama-cpp-python raises bare asserts
+                    raise ValueError(f"json_schema cannot be turned into a grammar: {e}") from e
                 rt.check_grammar(job.grammar)
         except Exception as e:  # noqa: BLE001 - reported in the response
             job.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)

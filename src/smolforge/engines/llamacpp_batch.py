@@ -8,12 +8,21 @@ server). A sequence that finishes frees its KV cells and its seq_id at once, and
 waiting prompt takes the slot (continuous batching).
 
 The KV cache is not unified: each seq_id has its own stream of cells, so attention of
-one sequence never reads the others' cells (cheaper than one shared cache with masks, and
-a sequence's numbers do not depend on who shares its batch: greedy outputs are the same
-at any batch size). llama.cpp computes sequences in one graph only while their seq_ids
-are consecutive in the batch, so slots go lowest-id first, the batch is laid out in
-seq_id order, and when a sequence finishes the highest live one moves into its slot.
-The streams are sized to what each batch needs and only grow.
+one sequence never reads the others' cells. The streams are sized to what each batch needs
+and only grow; llama.cpp computes a run of consecutive seq_ids in one graph, so slots go
+lowest-id first and when a sequence finishes the highest live one moves into its slot.
+
+Greedy output is a function of (model file, request) alone: batch size and composition,
+request order, earlier requests and the thread count do not change it. llama.cpp's CPU
+kernels compute every row of a batch on its own except on three paths, measured to change
+logits bitwise (docs/engines.md): flash attention over >= 64 query tokens of one sequence
+in one ubatch (a tiled kernel), flash attention of a lone token of a lone sequence over
+>= 512 cells (the KV is split across threads, so the thread count shows), and weight
+matmuls that switch kernels between 1 and more rows (repacked or tiled K-quants; tinyBLAS
+types at 1 row). So every `llama_decode` here holds one token of every seq_id from 0 to
+the highest in use (a dummy token in unused ones: always >= 2 sequences, one ubatch), or
+2..63 prompt tokens of one sequence, and asks for 0 or >= 2 rows of logits; repacking and
+tiled K-quant matmuls are off. Each row then takes the same kernels wherever it is decoded.
 
 Sampling runs per sequence through a llama.cpp sampler chain seeded from the request, so a
 sample depends on its own seed only. The `n` samples of one prompt decode the prompt once
@@ -25,19 +34,27 @@ from __future__ import annotations
 import ctypes
 import heapq
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import llama_cpp as lc
-import numpy as np
+# Tiled K-quant matmuls take over from 8 rows, so a row's bits would depend on how many
+# rows share its batch; read by ggml once per process, so set before the first decode.
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+
+import llama_cpp as lc  # noqa: E402
+import numpy as np  # noqa: E402
 
 from smolforge.engines.base import Completion, Request
 
 PENALTY_LAST_N = 64  # tokens the repeat penalty looks back over (llama.cpp's default)
 MIN_SHARED_PREFIX = 16  # shorter common prompt prefixes are decoded again, not copied
+# Prompt tokens of one sequence per llama_decode: below ggml's flash-attention query tile
+# (GGML_FA_TILE_Q = 64), whose tiled kernel rounds differently from the per-row one.
+MAX_CHUNK = 63
 
 
 @dataclass
@@ -95,7 +112,8 @@ class ThreadTuner:
     and then runs with the other choice, and the faster time per token wins. Exploring
     backs off (up to every 256 steps) while the current choice keeps winning. Steps are
     compared only with steps of similar size. Outputs do not depend on the thread count:
-    one thread computes each output row either way.
+    one thread computes each output row either way (the one kernel that splits a row across
+    threads, flash attention of a lone token, is never used: see the module docstring).
     """
 
     PROBE_TOKENS = 32
@@ -164,6 +182,7 @@ class BatchedLlama:
         lc.llama_backend_init()
         set_verbose(False)  # llama.cpp logs errors only (what `Llama(verbose=False)` does)
         mparams = lc.llama_model_default_params()
+        mparams.use_extra_bufts = False  # repacked weights: other kernels at 1 row than at many
         self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
@@ -171,7 +190,9 @@ class BatchedLlama:
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.max_ctx = n_ctx
         self.max_parallel = n_parallel
-        self.n_batch = max(n_batch, n_parallel)
+        self.n_batch = max(n_batch, 1)  # prompt tokens per step, over all sequences
+        # A call holds one token of each of up to max(n_parallel, 2) streams, or one chunk.
+        self.batch_size = max(n_parallel, 2, MAX_CHUNK)
         self.n_threads = n_threads
         self.tune_threads = tune_threads and n_threads > 1
         self.ctx = None
@@ -179,8 +200,8 @@ class BatchedLlama:
         # Prompt tokens decoded vs. copied from a shared prefix (for benchmarks and tests).
         self.stats = {"prompt_decoded": 0, "prompt_shared": 0}
 
-        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
-        nb = self.n_batch
+        self.batch = lc.llama_batch_init(self.batch_size, 0, 1)
+        nb = self.batch_size
         self._tok = np.ctypeslib.as_array(self.batch.token, shape=(nb,))
         self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(nb,))
         self._logits = np.ctypeslib.as_array(self.batch.logits, shape=(nb,))
@@ -212,14 +233,16 @@ class BatchedLlama:
         n_ctx_seq = -(-n_ctx_seq // 256) * 256  # llama.cpp pads each stream to 256 cells
         if self.ctx and n_seq <= self.n_parallel and n_ctx_seq <= self.n_ctx_seq:
             return
+        n_streams = max(n_seq, 2)  # a lone sequence decodes beside a dummy token
         if self.ctx:
             lc.llama_free(self.ctx)
             self.ctx = None
         cparams = lc.llama_context_default_params()
-        cparams.n_ctx = n_ctx_seq * n_seq  # split evenly: one stream of cells per sequence
-        cparams.n_batch = self.n_batch
-        cparams.n_ubatch = self.n_batch
-        cparams.n_seq_max = n_seq
+        cparams.n_ctx = n_ctx_seq * n_streams  # split evenly: one stream of cells per sequence
+        cparams.n_batch = self.batch_size
+        cparams.n_ubatch = self.batch_size  # every call is one ubatch
+        cparams.n_seq_max = n_streams
+        cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED  # per-row kernel (see top)
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads
         cparams.kv_unified = False
@@ -230,7 +253,7 @@ class BatchedLlama:
                 f"llama.cpp could not create a context of {n_seq} x {n_ctx_seq} tokens "
                 "(out of memory? lower n_parallel or n_ctx)"
             )
-        self.n_parallel = lc.llama_n_seq_max(self.ctx)
+        self.n_parallel = n_seq  # streams for requests (the context may hold one more)
         self.n_ctx_seq = lc.llama_n_ctx_seq(self.ctx)
         self.pos_limit = min(self.n_ctx_seq, self.max_ctx)  # positions a sequence may use
         self.mem = lc.llama_get_memory(self.ctx)
@@ -360,21 +383,21 @@ class BatchedLlama:
             while sched.busy():
                 sched.admit()
                 sched.compact()
-                outputs = sched.lay_out()
-                n = self.batch.n_tokens
-                tuner = self.tuner
-                if tuner is not None:
-                    tuner.before(n)
-                    t0 = time.perf_counter()
-                rc = lc.llama_decode(self.ctx, self.batch)
-                if tuner is not None:
-                    tuner.after(time.perf_counter() - t0, n)
-                if rc != 0:
-                    sched.fail_all(f"llama_decode failed with code {rc}")
-                    continue
-                sched.sample(outputs)
+                sched.step()
         finally:
             sched.release()
+
+    def decode(self, n: int) -> int:
+        """Run the first `n` rows of the batch (timed for the thread tuner)."""
+        self.batch.n_tokens = n
+        tuner = self.tuner
+        if tuner is None:
+            return lc.llama_decode(self.ctx, self.batch)
+        tuner.before(n)
+        t0 = time.perf_counter()
+        rc = lc.llama_decode(self.ctx, self.batch)
+        tuner.after(time.perf_counter() - t0, n)
+        return rc
 
     def _groups(self, jobs: list[Job]) -> Iterator[_Group]:
         for job in jobs:
@@ -479,48 +502,74 @@ class _Scheduler:
             live[lo] = seq
             heapq.heappush(free, hi)
 
-    def lay_out(self) -> list[tuple[int, _Seq | _Group]]:
-        """Fill the batch: one token per live sequence, then prompt chunks up to n_batch,
-        in seq_id order. Returns (batch row, owner) for every row that yields logits."""
+    def step(self) -> None:
+        """One step: a call with one token of every stream (generating sequences advance,
+        prompts being prefilled add one token), then one call per prompt with a chunk of
+        2..MAX_CHUNK tokens, within `n_batch` prompt tokens. The shapes are chosen so that
+        no row's kernels depend on the others (module docstring)."""
         ll = self.llama
-        runs: list[tuple[int, list[int], int, bool, _Seq | _Group]] = []
-        for seq in self.live.values():
-            runs.append((seq.seq_id, [seq.token], seq.pos, True, seq))
         cap = ll.tuner.token_cap() if ll.tuner is not None else None
-        budget = (ll.n_batch if cap is None else max(cap, len(self.live))) - len(self.live)
-        for g in self.prefill:
-            if budget <= 0:
-                break
-            if g.source is not None and not self._take_prefix(g):
+        budget = ll.n_batch if cap is None else cap
+        ready = [g for g in self.prefill if g.source is None or self._take_prefix(g)]
+        # (seq_id) -> (token, pos, owner: the sequence or prompt sampled from this row, or None)
+        rows: dict[int, tuple[int, int, _Seq | _Group | None]] = {}
+        for seq in self.live.values():
+            rows[seq.seq_id] = (seq.token, seq.pos, seq)
+        for g in ready:
+            last = g.cursor + 1 == len(g.job.tokens)
+            rows[g.seq_ids[0]] = (g.job.tokens[g.cursor], g.cursor, g if last else None)
+            g.cursor += 1
+            ll.stats["prompt_decoded"] += 1
+            budget -= 1
+        if rows:
+            dummies = [s for s in range(max(max(rows), 1) + 1) if s not in rows]
+            for s in dummies:  # empty streams: a throwaway token keeps the run of ids whole
+                rows[s] = (ll.bos if ll.bos >= 0 else 0, 0, None)
+            outputs = []
+            for n, s in enumerate(sorted(rows)):
+                tok, pos, owner = rows[s]
+                ll._tok[n], ll._pos[n], ll._seq_id[n][0] = tok, pos, s
+                ll._logits[n] = owner is not None
+                if owner is not None:
+                    outputs.append((n, owner))
+            if len(outputs) == 1:  # one row of logits takes another matmul kernel than two
+                ll._logits[1 - outputs[0][0] if outputs[0][0] < 2 else 0] = 1
+            rc = ll.decode(len(rows))
+            for s in dummies:
+                lc.llama_memory_seq_rm(self.mem, s, -1, -1)
+            if rc != 0:
+                self.fail_all(f"llama_decode failed with code {rc}")
+                return
+            for g in ready:
+                g.decoded = g.cursor
+            self.sample(outputs)
+        for g in ready:
+            if g not in self.prefill or g.job.error is not None:
                 continue
-            toks = g.job.tokens[g.cursor : g.cursor + budget]
-            last = g.cursor + len(toks) == len(g.job.tokens)
-            runs.append((g.seq_ids[0], toks, g.cursor, last, g))
-            ll.stats["prompt_decoded"] += len(toks)
-            g.cursor += len(toks)
-            budget -= len(toks)
-        runs.sort(key=lambda r: r[0])
-
-        n = 0
-        outputs: list[tuple[int, _Seq | _Group]] = []
-        for seq_id, toks, pos0, want, owner in runs:
-            k = len(toks)
-            ll._tok[n : n + k] = toks
-            ll._pos[n : n + k] = np.arange(pos0, pos0 + k)
-            ll._logits[n : n + k] = 0
-            for i in range(n, n + k):
-                ll._seq_id[i][0] = seq_id
-            n += k
-            if want:
-                ll._logits[n - 1] = 1
-                outputs.append((n - 1, owner))
-        ll.batch.n_tokens = n
-        return outputs
+            n = min(len(g.job.tokens) - g.cursor, MAX_CHUNK, budget)
+            if n < 2:  # a lone token waits for the next step's first call
+                continue
+            budget -= n
+            sid, pos0 = g.seq_ids[0], g.cursor
+            ll._tok[:n] = g.job.tokens[pos0 : pos0 + n]
+            ll._pos[:n] = np.arange(pos0, pos0 + n)
+            ll._logits[:n] = 0
+            for i in range(n):
+                ll._seq_id[i][0] = sid
+            last = pos0 + n == len(g.job.tokens)
+            if last:
+                ll._logits[n - 2 : n] = 1  # two rows of logits, as in the first call
+            ll.stats["prompt_decoded"] += n
+            rc = ll.decode(n)
+            if rc != 0:
+                self.fail_all(f"llama_decode failed with code {rc}")
+                return
+            g.cursor = g.decoded = pos0 + n
+            if last:
+                self.sample([(n - 1, g)])
 
     def sample(self, outputs: list[tuple[int, _Seq | _Group]]) -> None:
         """After a decode: start sequences whose prompt is done, advance the others."""
-        for g in self.prefill:
-            g.decoded = g.cursor
         for idx, owner in outputs:
             if isinstance(owner, _Group):
                 self.prefill.remove(owner)
