@@ -84,7 +84,9 @@ class Batch:
 
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> Batch:
-        # Per document: NFKC and lower() have fast paths for ASCII text.
+        # Per document: NFKC and lower() have fast paths for ASCII text (folding the
+        # joined batch at once is 10x slower: one non-ASCII character anywhere
+        # sends the whole string down the slow path).
         parts = [unicodedata.normalize("NFKC", t).lower() for t in texts]
         joined = "\x00".join(parts)
         if joined.count("\x00") != max(0, len(texts) - 1):  # NULs inside a text
@@ -253,73 +255,143 @@ def connected_min(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return labels
 
 
+MEMBERSHIP_CHUNK = 1 << 16  # bucket memberships turned into Python ints at a time
+BLOCK = 1 << 16  # documents per storage block of MinHashLSH
+
+
 @dataclass
 class Duplicates:
-    """Outcome of clustering: for document i, `root[i]` is the document kept for
-    its cluster (i itself when kept); for a dropped one, `link[i]` is the
-    matching document that tied it into the cluster."""
+    """Outcome of dedup: for document i, `root[i]` is the kept document it is
+    dropped for (i itself when kept) and `sim[i]` their estimated Jaccard. With
+    connected components, `link[i]` is the matching document that tied i into
+    its cluster (which may be another dropped one)."""
 
     root: np.ndarray
     link: np.ndarray
+    sim: np.ndarray
     edges: int
     candidates: int
 
 
 class MinHashLSH:
-    """Accumulates band keys and 16-bit signatures, then clusters.
+    """Accumulates band keys and 16-bit signatures, then finds duplicates.
 
-    Candidates are documents sharing any band key. In each bucket (documents
-    with equal key, in input order) every member is compared with the bucket's
-    first member and with its predecessor; a pair joins the graph when its
-    estimated Jaccard is >= `threshold` (0 keeps every candidate, as plain LSH
-    does). Clusters are connected components; the first document of each is kept.
+    Documents sharing any band key are candidates. Two ways to decide:
+
+    - `keep_first` (default): documents are taken in input order and each is
+      compared with the documents already *kept* that share one of its buckets,
+      as an LSH index queried before insertion does (datasketch, rensa). It is
+      dropped when its best estimated Jaccard reaches `threshold`, naming that
+      kept document; otherwise it is kept and joins its buckets. A reject thus
+      always names a kept record it is itself similar to.
+    - `components`: verified candidate pairs (each bucket member against the
+      bucket's first member and its predecessor) form a graph whose connected
+      components are the clusters (datatrove's MinhashDedupCluster); the first
+      of each is kept. Through a chain A~B~C, C can be dropped for A although
+      the two are far less similar than `threshold`.
     """
 
     def __init__(self, bands: int, rows: int, hasher: MinHasher):
         if hasher.num_perm != bands * rows:
             raise ValueError("num_perm must be bands * rows")
         self.bands, self.rows, self.hasher = bands, rows, hasher
-        self._keys: list[np.ndarray] = []
-        self._sigs: list[np.ndarray] = []
-        self._has: list[np.ndarray] = []
+        # Fixed-size blocks, filled in place: no consolidation copy, so memory
+        # stays at the data itself (untouched pages of the last block cost nothing).
+        self._keys: list[np.ndarray] = []  # [bands, BLOCK] uint64
+        self._sigs: list[np.ndarray] = []  # [BLOCK, num_perm] uint16
+        self._has: list[np.ndarray] = []  # [BLOCK] bool
         self.count = 0
 
     def add(self, texts: Sequence[str]) -> None:
         sig, has = self.hasher.signatures(texts)
-        self._keys.append(band_keys(sig, self.bands, self.rows))
-        self._sigs.append(sig.astype(np.uint16))
-        self._has.append(has)
-        self.count += len(texts)
+        keys = band_keys(sig, self.bands, self.rows)
+        done = 0
+        while done < len(texts):
+            pos = self.count % BLOCK
+            if pos == 0:
+                self._keys.append(np.empty((self.bands, BLOCK), dtype=_U64))
+                self._sigs.append(np.empty((BLOCK, self.hasher.num_perm), dtype=np.uint16))
+                self._has.append(np.zeros(BLOCK, dtype=bool))
+            take = min(BLOCK - pos, len(texts) - done)
+            self._keys[-1][:, pos : pos + take] = keys[:, done : done + take]
+            self._sigs[-1][pos : pos + take] = sig[done : done + take]
+            self._has[-1][pos : pos + take] = has[done : done + take]
+            done += take
+            self.count += take
 
-    def _consolidate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One array each for band keys [bands, n], 16-bit signatures [n, perm], has [n]."""
-        if not self._keys:
-            self.add([])
-        if len(self._keys) > 1:
-            self._keys = [np.concatenate(self._keys, axis=1)]
-            self._sigs = [np.concatenate(self._sigs)]
-            self._has = [np.concatenate(self._has)]
-        return self._keys[0], self._sigs[0], self._has[0]
+    def _fill(self, blocks: list[np.ndarray], axis: int) -> list[np.ndarray]:
+        """The blocks trimmed to the documents added."""
+        out = list(blocks)
+        if out and self.count % BLOCK:
+            out[-1] = out[-1][:, : self.count % BLOCK] if axis else out[-1][: self.count % BLOCK]
+        return out
+
+    def _band(self, band: int) -> np.ndarray:
+        parts = [k[band] for k in self._fill(self._keys, 1)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=_U64)
+
+    def _has_all(self) -> np.ndarray:
+        parts = self._fill(self._has, 0)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
     def signatures16(self) -> np.ndarray:
-        return self._consolidate()[1]
+        """All 16-bit signatures [n, num_perm] (a copy)."""
+        parts = self._fill(self._sigs, 0)
+        if not parts:
+            return np.zeros((0, self.hasher.num_perm), dtype=np.uint16)
+        return np.concatenate(parts)
+
+    def _sig(self, i: int) -> np.ndarray:
+        return self._sigs[i // BLOCK][i % BLOCK]
+
+    def _runs(self, band: int, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(documents in key order, is_start, positions continuing a run) of one band."""
+        k = self._band(band)[valid]
+        order = np.argsort(k, kind="stable")
+        sk = k[order]
+        same = np.flatnonzero(sk[1:] == sk[:-1]) + 1
+        is_start = np.ones(len(sk), dtype=bool)
+        is_start[same] = False
+        return valid[order], is_start, same
+
+    def buckets(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(document, bucket) of every membership of a bucket holding >= 2
+        documents, sorted by document, and the number of buckets (int32 arrays:
+        8 bytes a membership)."""
+        valid = np.flatnonzero(self._has_all())
+        docs: list[np.ndarray] = []
+        ids: list[np.ndarray] = []
+        n_buckets = 0
+        for band in range(self.bands):
+            idx, is_start, same = self._runs(band, valid)
+            if not len(same):
+                continue
+            member = np.zeros(len(idx), dtype=bool)
+            member[same] = True
+            member[same - 1] = True
+            run = np.cumsum(is_start[member]) - 1  # one id per run of members
+            docs.append(idx[member].astype(np.int32))
+            ids.append(run.astype(np.int32) + np.int32(n_buckets))
+            n_buckets += int(run[-1]) + 1
+        if not docs:
+            z = np.zeros(0, dtype=np.int32)
+            return z, z, 0
+        doc = np.concatenate(docs)
+        del docs
+        order = np.argsort(doc, kind="stable")
+        doc = doc[order]
+        bucket = np.concatenate(ids)[order]
+        return doc, bucket, n_buckets
 
     def candidate_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Unique (a, b), a < b, of star and chain pairs within every bucket."""
-        keys, _, has = self._consolidate()
-        valid = np.flatnonzero(has)
+        valid = np.flatnonzero(self._has_all())
         found: list[np.ndarray] = []
         for band in range(self.bands):
-            k = keys[band, valid]
-            order = np.argsort(k, kind="stable")
-            sk = k[order]
-            same = np.flatnonzero(sk[1:] == sk[:-1]) + 1  # positions continuing a run
+            idx, is_start, same = self._runs(band, valid)
             if not len(same):
                 continue
-            is_start = np.ones(len(sk), dtype=bool)
-            is_start[same] = False
-            run_first = np.maximum.accumulate(np.where(is_start, np.arange(len(sk)), 0))
-            idx = valid[order]
+            run_first = np.maximum.accumulate(np.where(is_start, np.arange(len(idx)), 0))
             b = idx[same]
             star = (idx[run_first[same]].astype(_U64) << _U64(32)) | b.astype(_U64)
             prev = same - 1
@@ -332,7 +404,51 @@ class MinHashLSH:
         pairs = np.unique(np.concatenate(found))
         return (pairs >> _U64(32)).astype(np.int64), (pairs & _U64(0xFFFFFFFF)).astype(np.int64)
 
-    def duplicates(self, threshold: float) -> Duplicates:
+    def duplicates(
+        self, threshold: float, clusters: Literal["keep_first", "components"] = "keep_first"
+    ) -> Duplicates:
+        if clusters == "components":
+            return self._components(threshold)
+        return self._keep_first(threshold)
+
+    def _keep_first(self, threshold: float) -> Duplicates:
+        doc, bucket, _ = self.buckets()
+        root = np.arange(self.count, dtype=np.int64)
+        sim = np.ones(self.count, dtype=np.float32)
+        kept_in: dict[int, list[int]] = {}  # bucket -> its kept members, in order
+        compared = 0
+        step = MEMBERSHIP_CHUNK
+        lo = 0
+        while lo < len(doc):
+            hi = min(len(doc), lo + step)
+            if hi < len(doc):  # end on a document boundary
+                hi = lo + int(np.searchsorted(doc[lo:], doc[hi], side="left"))
+                hi = hi if hi > lo else int(lo + np.searchsorted(doc[lo:], doc[lo], "right"))
+            d_part, b_part = doc[lo:hi], bucket[lo:hi].tolist()
+            starts = np.flatnonzero(np.r_[True, d_part[1:] != d_part[:-1]])
+            ends = np.r_[starts[1:], len(d_part)]
+            for d, s, e in zip(d_part[starts].tolist(), starts.tolist(), ends.tolist(),
+                               strict=True):
+                mine = b_part[s:e]
+                cands: set[int] = set()
+                for b in mine:
+                    cands.update(kept_in.get(b, ()))
+                if cands:
+                    c = np.fromiter(sorted(cands), dtype=np.int64, count=len(cands))
+                    rows = np.stack([self._sig(i) for i in c.tolist()])
+                    sims = (rows == self._sig(d)).mean(axis=1)
+                    compared += len(c)
+                    best = int(sims.argmax())  # the most similar; ties: the first kept
+                    if sims[best] >= threshold:
+                        root[d], sim[d] = c[best], sims[best]
+                        continue
+                for b in mine:
+                    kept_in.setdefault(b, []).append(d)
+            lo = hi
+        return Duplicates(root=root, link=root.copy(), sim=sim, edges=compared,
+                          candidates=compared)
+
+    def _components(self, threshold: float) -> Duplicates:
         a, b = self.candidate_pairs()
         sig16 = self.signatures16()
         if threshold > 0 and len(a):
@@ -344,5 +460,9 @@ class MinHashLSH:
         link = np.full(self.count, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(link, eb, ea)
         np.minimum.at(link, ea, eb)
-        link = np.where(root == np.arange(self.count), np.arange(self.count), link)
-        return Duplicates(root=root, link=link, edges=len(ea), candidates=len(a))
+        ar = np.arange(self.count)
+        link = np.where(root == ar, ar, link)
+        sim = np.ones(self.count, dtype=np.float32)
+        dropped = np.flatnonzero(root != ar)
+        sim[dropped] = estimated_jaccard(sig16, dropped, root[dropped])
+        return Duplicates(root=root, link=link, sim=sim, edges=len(ea), candidates=len(a))

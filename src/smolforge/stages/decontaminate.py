@@ -1,17 +1,28 @@
-"""Benchmark decontamination: drop documents that contain benchmark items.
+"""Benchmark decontamination: drop documents that contain benchmark items, whole
+or in part.
 
-Each benchmark item (its named fields joined) is normalised — NFKC, lower case,
-punctuation and whitespace folded (`smolforge.text.normalize`) — and cut into word
-n-grams (n=10 by default; an item shorter than n words is one gram of its whole
-text). An index of 64-bit hashes of those grams finds the items a document may
-contain; the overlap — the share of an item's distinct n-grams that occur in the
-document — is then computed exactly on the words, and a document whose overlap
-with some item reaches the threshold (0.5) is dropped, the reason naming the
-benchmark, the item and the overlap: `contaminated: gsm8k item 17 (overlap 0.92)`.
+Each benchmark item (its named fields joined; lists such as MMLU choices and dict
+values included) is normalised — NFKC, lower case, punctuation and whitespace
+folded (`smolforge.text.normalize`) — and cut into word n-grams (n=10 by default;
+an item shorter than n words is one gram of its whole text). An index of stable
+64-bit gram hashes (BLAKE2b word hashes, `smolforge.ngrams`: the same in every
+process) finds the items a document shares n-grams with. Each candidate is then
+aligned: its matched n-grams are grouped into runs along the document (a gap
+longer than the item starts a new run), and a run's overlap is the share of the
+item's words that its matched n-grams cover. A document is dropped when some run
+covers at least `threshold` (0.3) of an item with at least `min_grams` (2)
+matched n-grams, i.e. 11 words in a row at n=10; the reason names the benchmark,
+the item and the overlap: `contaminated: gsm8k item 17 (overlap 0.92)`.
 
 This is the n-gram overlap test of GPT-3 (Brown et al. 2020, appendix C) and the
 Llama 2 contamination analysis, measured per benchmark item rather than per
-document, so that a long document that quotes one short question is still caught.
+document so that a long page quoting one short question is still caught, and
+scored by the words covered rather than by "half the item's n-grams" so that a
+leak of 40% of an item (a signature and half its docstring) or one with renamed
+identifiers (whose docstring prose still aligns) is caught too. Requiring two
+n-grams in a row and a third of the item keeps pages that merely share short
+code (imports, `def add(a, b)`, licence headers, one quoted sentence).
+benchmarks/decontaminate.py measures both against a 10-gram + difflib reference.
 """
 
 from __future__ import annotations
@@ -33,16 +44,28 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from smolforge.context import StageContext
+from smolforge.ngrams import (
+    gram_hashes,
+    prefix_hashes,
+    stable_word_hashes,
+    window_hashes,
+    word_grams,
+)
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
 
 log = logging.getLogger(__name__)
 
-# Odd 64-bit multiplier for the polynomial combination of word hashes, and its
-# inverse modulo 2**64.
-_MULT = 0x9E3779B97F4A7C15
-_MULT_INV = pow(_MULT, -1, 1 << 64)
+OVERLAP = 0.3
+MIN_GRAMS = 2
+
 _ALNUM = re.compile(r"[^\W_]+")
+_HASHES: dict[str, int] = {}  # memo of stable word hashes (BLAKE2b is ~1 us a word)
+
+__all__ = [
+    "Benchmark", "BenchmarkIndex", "Decontaminate", "gram_hashes", "prefix_hashes",
+    "read_rows", "window_hashes", "word_grams", "word_hashes", "words_of",
+]
 
 
 class Benchmark(BaseModel):
@@ -131,50 +154,22 @@ def words_of(text: str) -> list[str]:
 
 
 def word_hashes(words: list[str]) -> np.ndarray:
-    """64-bit hashes of words (Python's string hash: stable within one process,
-    which is where an index lives)."""
-    return np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+    """64-bit word hashes that are the same in every process and on every run
+    (`ngrams.stable_word_hashes`, BLAKE2b), memoised per word: an index built in
+    one process can be queried from another (Ray workers, a saved index)."""
+    new = [w for w in dict.fromkeys(words) if w not in _HASHES]
+    if new:
+        if len(_HASHES) > 2_000_000:
+            _HASHES.clear()
+            new = list(dict.fromkeys(words))
+        _HASHES.update(zip(new, stable_word_hashes(new).tolist(), strict=True))
+    return np.fromiter(map(_HASHES.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
-def _power_table(base: int, size: int) -> np.ndarray:
-    out = np.full(size, base, dtype=np.uint64)
-    out[0] = 1
-    return np.cumprod(out, out=out)  # wraps modulo 2**64
-
-
-_powers = _power_table(_MULT, 1 << 12)
-_inverse_powers = _power_table(_MULT_INV, 1 << 12)
-
-
-def prefix_hashes(wh: np.ndarray) -> np.ndarray:
-    """H[i] = sum of wh[j] * M**-j for j < i (mod 2**64): any window's hash is then
-    two array operations away (`window_hashes`)."""
-    global _powers, _inverse_powers
-    if len(wh) > len(_powers):
-        size = max(len(wh), 2 * len(_powers))
-        _powers, _inverse_powers = _power_table(_MULT, size), _power_table(_MULT_INV, size)
-    h = np.zeros(len(wh) + 1, dtype=np.uint64)
-    np.cumsum(wh * _inverse_powers[: len(wh)], out=h[1:])
-    return h
-
-
-def window_hashes(prefix: np.ndarray, k: int) -> np.ndarray:
-    """Hash of every k-word window, sum of wh[i+j] * M**(k-1-j): the same value
-    wherever the window sits, in a document or in a benchmark item."""
-    m = len(prefix) - k
-    return (prefix[k:] - prefix[:m]) * _powers[k - 1 : k - 1 + m]
-
-
-def gram_hashes(wh: np.ndarray, k: int) -> np.ndarray:
-    """Hashes of every k-word window of a text given its word hashes."""
-    return window_hashes(prefix_hashes(wh), k)
-
-
-def word_grams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    """Distinct n-grams of words; a text shorter than n words is one gram."""
-    if len(words) < n:
-        return {tuple(words)}
-    return set(zip(*(words[i:] for i in range(n)), strict=False))
+def _ragged_arange(counts: np.ndarray) -> np.ndarray:
+    """[0..c0), [0..c1), ... concatenated."""
+    offsets = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(int(counts.sum()), dtype=np.int64) - offsets
 
 
 @dataclass
@@ -182,13 +177,37 @@ class _Item:
     bench: str
     label: str
     words: list[str]
+    grams: np.ndarray  # hash of the k-word window at each position, k = min(n, len(words))
+    _order: np.ndarray | None = None
+
+    def positions(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into `hashes`, item position) of every occurrence of each hash
+        among the item's grams."""
+        if self._order is None:
+            self._order = np.argsort(self.grams, kind="stable")
+        sorted_grams = self.grams[self._order]
+        left = np.searchsorted(sorted_grams, hashes, side="left")
+        right = np.searchsorted(sorted_grams, hashes, side="right")
+        counts = right - left
+        which = np.repeat(np.arange(len(hashes)), counts)
+        return which, self._order[np.repeat(left, counts) + _ragged_arange(counts)]
+
+
+@dataclass
+class Match:
+    """The best aligned run of an item's n-grams found in a document."""
+
+    overlap: float  # share of the item's words covered by matched n-grams
+    grams: int  # matched n-gram windows (item positions)
+    span: int  # item words from the first to the last covered word
 
 
 class BenchmarkIndex:
     """Hashed n-grams of every benchmark item -> the items holding them.
 
     Stored as a sorted array of distinct gram hashes with, per hash, a slice of
-    an item-id array (CSR layout): about 20 bytes per (gram, item) pair."""
+    an item-id array (CSR layout), plus each item's gram hashes by position for
+    aligning a match: about 28 bytes per (gram, item) pair."""
 
     def __init__(self, n: int):
         self.n = n
@@ -205,10 +224,11 @@ class BenchmarkIndex:
         words = words_of(text)
         if not words:
             return False
-        grams = np.unique(gram_hashes(word_hashes(words), min(self.n, len(words))))
-        self._pending_keys.append(grams)
-        self._pending_ids.append(np.full(len(grams), len(self.items), dtype=np.int32))
-        self.items.append(_Item(bench, label, words))
+        grams = gram_hashes(word_hashes(words), min(self.n, len(words)))
+        distinct = np.unique(grams)
+        self._pending_keys.append(distinct)
+        self._pending_ids.append(np.full(len(distinct), len(self.items), dtype=np.int32))
+        self.items.append(_Item(bench, label, words, grams))
         return True
 
     def finish(self) -> None:
@@ -225,16 +245,19 @@ class BenchmarkIndex:
         self.gram_counts = np.array(sizes, dtype=np.int64)
         self.short_lengths = sorted({len(it.words) for it in self.items if len(it.words) < self.n})
 
-    def candidates(self, words: list[str], threshold: float) -> list[int]:
-        """Items whose hashed grams reach the threshold share in the words."""
-        if not words or not len(self.keys):
-            return []
+    def doc_grams(self, words: list[str]) -> dict[int, np.ndarray]:
+        """The document's window hashes for every window size the items use."""
         prefix = prefix_hashes(word_hashes(words))
+        return {k: window_hashes(prefix, k) for k in (*self.short_lengths, self.n)
+                if k <= len(words)}
+
+    def candidates(self, grams: dict[int, np.ndarray], min_grams: int) -> list[int]:
+        """Items sharing at least `min_grams` distinct n-grams with the document
+        (all of them, for an item with fewer)."""
+        if not len(self.keys):
+            return []
         hits: list[np.ndarray] = []
-        for k in (*self.short_lengths, self.n):
-            if k > len(words):
-                break
-            g = window_hashes(prefix, k)
+        for g in grams.values():
             pos = np.searchsorted(self.keys, g)
             pos[pos == len(self.keys)] = 0
             hits.extend(
@@ -244,29 +267,55 @@ class BenchmarkIndex:
         if not hits:
             return []
         ids, counts = np.unique(np.concatenate(hits), return_counts=True)
-        return ids[counts >= threshold * self.gram_counts[ids] - 1e-9].tolist()
+        return ids[counts >= np.minimum(min_grams, self.gram_counts[ids])].tolist()
 
-    def overlap(
-        self, item: _Item, doc_grams: dict[int, set[tuple[str, ...]]], doc_words: list[str]
-    ) -> float:
-        """Exact share of the item's distinct n-grams present in the document."""
-        k = min(self.n, len(item.words))
-        if k not in doc_grams:
-            doc_grams[k] = word_grams(doc_words, k) if len(doc_words) >= k else set()
-        grams = word_grams(item.words, self.n)
-        return sum(1 for g in grams if g in doc_grams[k]) / len(grams)
+    def align(self, item: _Item, grams: dict[int, np.ndarray]) -> Match:
+        """The item's best-covered aligned run in the document.
+
+        Matched n-grams are grouped into runs along the document: a gap longer
+        than the item itself starts a new run, so scattered common phrases of a
+        long page do not add up. A run's overlap is the share of the item's words
+        that its matched n-grams cover, each n-gram covering its n words."""
+        size = len(item.words)
+        k = min(self.n, size)
+        doc = grams.get(k)
+        if doc is None or not len(doc):
+            return Match(0.0, 0, 0)
+        q = np.flatnonzero(np.isin(doc, item.grams))
+        if not len(q):
+            return Match(0.0, 0, 0)
+        which, p = item.positions(doc[q])
+        q = q[which]  # (q, p): document and item position of each matched window
+        cut = np.flatnonzero(np.diff(q) > size + k) + 1
+        best = Match(0.0, 0, 0)
+        for run in np.split(np.arange(len(q)), cut):
+            starts = np.unique(p[run])
+            edge = np.zeros(size + 1, dtype=np.int32)
+            np.add.at(edge, starts, 1)
+            np.add.at(edge, starts + k, -1)
+            covered = np.cumsum(edge[:-1]) > 0
+            m = Match(float(covered.sum()) / size, len(starts), int(starts[-1] + k - starts[0]))
+            if (m.overlap, m.grams) > (best.overlap, best.grams):
+                best = m
+        return best
 
 
 @stages.register("decontaminate")
 class Decontaminate(MapStage):
-    """Drop documents that contain benchmark items (n-gram overlap >= threshold)."""
+    """Drop documents containing benchmark items (aligned n-gram coverage >= threshold)."""
 
     type: Literal["decontaminate"] = "decontaminate"
     column: str = Field("text", description="the text column checked")
     benchmarks: list[Benchmark] = Field(min_length=1, description="benchmark files")
     n: int = Field(10, ge=1, description="words per n-gram")
     threshold: float = Field(
-        0.5, gt=0, le=1, description="drop when this share of an item's n-grams is in a document"
+        OVERLAP, gt=0, le=1,
+        description="drop when an aligned run of matched n-grams covers this share of an "
+        "item's words",
+    )
+    min_grams: int = Field(
+        MIN_GRAMS, ge=1,
+        description="matched n-grams a run needs (all of an item's, if it has fewer)",
     )
     min_item_words: int = Field(
         3, ge=1, description="skip items with fewer normalised words (too short to tell a leak)"
@@ -320,13 +369,16 @@ class Decontaminate(MapStage):
     def match(self, text: str, index: BenchmarkIndex) -> list[tuple[float, _Item]]:
         """(overlap, item) for every item at or above the threshold, best first."""
         words = words_of(text)
+        if not words:
+            return []
+        grams = index.doc_grams(words)
         hits: list[tuple[float, _Item]] = []
-        doc_grams: dict[int, set[tuple[str, ...]]] = {}
-        for item_id in index.candidates(words, self.threshold):
+        for item_id in index.candidates(grams, self.min_grams):
             item = index.items[item_id]
-            score = index.overlap(item, doc_grams, words)
-            if score >= self.threshold:
-                hits.append((score, item))
+            m = index.align(item, grams)
+            need = min(self.min_grams, int(index.gram_counts[item_id]))
+            if m.overlap >= self.threshold - 1e-9 and m.grams >= need:
+                hits.append((m.overlap, item))
         hits.sort(key=lambda h: (-h[0], h[1].bench, h[1].label))
         return hits
 

@@ -10,9 +10,14 @@ on word 5-grams) with each candidate pair verified by its estimated Jaccard
 (`threshold`, default 0.75). With these defaults a pair is dropped with
 probability ~0.13 at Jaccard 0.7, ~0.5 at 0.75, ~0.87 at 0.8, ~0.99 at 0.85 and
 1.0 from 0.9 on; below 0.65 almost never (docs/curation-dedup.md has the curve).
-Clusters are connected components of verified pairs; the first record of each
-cluster in input order is kept, and every other one names it and the estimated
-similarity. Only 16-bit signatures and band keys are held, never texts.
+`clusters: keep_first` (default) takes records in input order and drops one when
+its estimated Jaccard with a record already kept (sharing an LSH bucket) reaches
+the threshold, as a query-then-insert LSH index does (datasketch, rensa): the
+reject names that kept record and their similarity. `clusters: components`
+drops every record of a connected component of verified pairs but its first, as
+datatrove's MinhashDedupCluster does; through a chain A~B~C a reject may then
+name a record it is far less similar to (the reason says via which record).
+Only 16-bit signatures and band keys are held, never texts.
 
 `semantic`: embeddings from all-MiniLM-L6-v2 (the `[embed]` extra), cosine
 `threshold` (default 0.95, as SemDeDup-style pipelines use for near-identical
@@ -63,6 +68,12 @@ class Dedup(GlobalStage):
         description=f"minhash: estimated Jaccard a candidate pair must reach (default "
         f"{MINHASH_THRESHOLD}; 0 keeps every LSH candidate); semantic: cosine (default "
         f"{SEMANTIC_THRESHOLD})",
+    )
+    clusters: Literal["keep_first", "components"] = Field(
+        "keep_first",
+        description="minhash: keep_first: drop a record similar to one already kept "
+        "(the reject names it); components: drop all but the first of each connected "
+        "component of similar pairs (chains allowed)",
     )
     seed: int = Field(0, description="minhash: seed of the hash permutations")
     batch_size: int = Field(2048, ge=1, description="records hashed or embedded together")
@@ -115,24 +126,30 @@ class Dedup(GlobalStage):
         lsh = MinHashLSH(self.bands, self.rows, hasher)
         ids: list[str] = []
         sizes: list[int] = []
-        # Pass 1: signatures only (ids and the compared column, one shard at a time).
+        # Pass 1: signatures only (ids and the compared column, one shard at a time),
+        # texts hashed in batches of `batch_size` whatever the shard size.
+        pending: list[str] = []
         for i in range(len(shards)):
             recs = shards.columns(i, ["id", self.column])
             ids.extend(str(r["id"]) for r in recs)
             sizes.append(len(recs))
-            for s in range(0, len(recs), self.batch_size):
-                lsh.add(self._texts(recs[s : s + self.batch_size]))
+            pending += self._texts(recs)
             del recs
+            while len(pending) >= self.batch_size:
+                lsh.add(pending[: self.batch_size])
+                del pending[: self.batch_size]
+        if pending:
+            lsh.add(pending)
         threshold = self._threshold()
-        dups = lsh.duplicates(threshold)
-        sig16 = lsh.signatures16()
+        dups = lsh.duplicates(threshold, self.clusters)
         n_drop = int((dups.root != np.arange(len(ids))).sum())
         log.info(
-            "minhash dedup: %d records, %d candidate pairs, %d verified, %d dropped",
-            len(ids), dups.candidates, dups.edges, n_drop,
+            "minhash dedup (%s): %d records, %d candidate pairs, %d verified, %d dropped",
+            self.clusters, len(ids), dups.candidates, dups.edges, n_drop,
         )
         unit = f"{self.ngram}-{self.unit} shingles"
         rule = f">= {threshold:g}" if threshold > 0 else "LSH band match"
+        sig16 = lsh.signatures16() if self.clusters == "components" else None  # a copy
         # Pass 2: full records, one shard at a time.
         offset = 0
         for i in range(len(shards)):
@@ -141,21 +158,21 @@ class Dedup(GlobalStage):
                 raise RuntimeError(f"shard {i} changed between passes")
             g = np.arange(offset, offset + len(recs))
             dropped = np.flatnonzero(dups.root[g] != g)
-            gd = g[dropped]
-            to_root = estimated_jaccard(sig16, gd, dups.root[gd])
-            to_link = estimated_jaccard(sig16, gd, dups.link[gd])
             reasons: dict[int, str] = {}
-            for j, d, sr, sl in zip(dropped.tolist(), gd.tolist(), to_root, to_link):
+            for j in dropped.tolist():
+                d = int(g[j])
                 root, link = int(dups.root[d]), int(dups.link[d])
                 if link == root:
                     reasons[j] = (
                         f"near-duplicate of {ids[root]} (minhash: estimated Jaccard "
-                        f"{sr:.2f} {rule}, {unit})"
+                        f"{dups.sim[d]:.2f} {rule}, {unit})"
                     )
                 else:
+                    assert sig16 is not None  # links exist only with components
+                    sl = float(estimated_jaccard(sig16, np.array([d]), np.array([link]))[0])
                     reasons[j] = (
                         f"near-duplicate of {ids[root]} via {ids[link]} (minhash: estimated "
-                        f"Jaccard {sl:.2f} {rule} with {ids[link]}, {sr:.2f} with "
+                        f"Jaccard {sl:.2f} {rule} with {ids[link]}, {dups.sim[d]:.2f} with "
                         f"{ids[root]}, {unit})"
                     )
             res = Result()
