@@ -95,7 +95,7 @@ def test_persona_near_duplicates_removed_without_expansion(tmp_path):
 
 
 SELF_INSTRUCT_TINY = ("stages[1].target=2", "stages[1].prompts_per_round=2", "stages[1].k=3",
-                      "stages[1].n_new=2", "stages[1].max_tokens=40", "stages[1].max_rounds=2",
+                      "stages[1].n_new=2", "stages[1].max_tokens=64", "stages[1].max_rounds=2",
                       "stages[2].max_tokens=8", "stages[3].min_words=1")
 
 
