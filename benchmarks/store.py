@@ -101,7 +101,10 @@ def main() -> None:
             "per_shard_commit_ms": round(overhead_ms, 3),
             "default_run": default,
             "default_shards": n_default,
+            # upper bound: the per-commit cost measured on small shards, times the commits
             "overhead_share_at_default": round(overhead_ms / 1000 * n_default * stages / default["cpu_s"], 4),
+            # direct: the default run against the largest shards (10x fewer commits)
+            "cpu_ratio_default_over_largest": round(default["cpu_s"] / runs[big]["cpu_s"], 3),
         }
 
         docs_big = tmp / "big.jsonl"
