@@ -150,6 +150,9 @@ class Runner:
                         self._run_stage(stage, name, ctx, sdir, prev, n_shards)
                     n_shards = sdir.done["shards"]
                     stats.append(self._stage_stats(stage, name, sdir, n_shards, ctx))
+                    out = Shards(lambda j, cols, sd=sdir: sd.read_shard(j, cols), n_shards)
+                    if (summary := stage.summary(out, ctx)) is not None:
+                        stats[-1]["summary"] = summary
                     attempt["generated"] += ctx.stats.generated
                     attempt["cache_hits"] += ctx.stats.hits
                     attempt["failed_requests"] += ctx.stats.failed
@@ -323,6 +326,7 @@ class Runner:
         after = _snapshot(ctx)
         stats = {"in": n_in, "out": len(res.kept), "rejected": len(res.rejected), "seconds": round(seconds, 4)}
         stats.update({k: after[k] - before[k] for k in after})
+        stats.update(res.counts)
         sdir.write_shard(j, res.kept, res.rejected, name, stats, input_digest=input_digest, schema=schema)
 
     def _check_columns(self, source_dir: StageDir) -> None:

@@ -43,6 +43,9 @@ def is_engine_error(reason: str) -> bool:
 class Result:
     kept: list[Record] = field(default_factory=list)
     rejected: list[Reject] = field(default_factory=list)
+    # Stage-specific counts for this shard (pairs made, ties dropped, ...): summed
+    # over shards into the stage's entry in the manifest, beside in/out/rejected.
+    counts: dict[str, float] = field(default_factory=dict)
 
     def keep(self, record: Record) -> None:
         self.kept.append(record)
@@ -75,6 +78,13 @@ class Stage(BaseModel):
     def fingerprint_extra(self, ctx: StageContext) -> Any:
         """Anything beyond the fields that changes the output (template file
         contents, engine identity). Part of the stage's resume fingerprint."""
+        return None
+
+    def summary(self, out: Shards, ctx: StageContext) -> dict[str, Any] | None:
+        """Figures about the stage's whole output that are not sums over shards
+        (judge agreement, score distributions), computed from the committed output
+        after the stage completes (also on resume). Stored in the manifest under the
+        stage's `summary`; `show` prints it."""
         return None
 
     def fingerprint(self, ctx: StageContext) -> str:
