@@ -7,13 +7,8 @@ BIN := $(VENV)/bin
 # do not use (about 40% faster). pip caches the wheel afterwards.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 DEMO_COUNT ?= 12
-# The bundled 135M model is a weak judge: on FineWeb-Edu's 0-5 scale it gives
-# almost everything 1, so the recipe's own threshold (3) would keep nothing. The
-# demo keeps score >= 1 to show data flowing; with a real teacher
-# (--set engine.model=/path/to/model.gguf) use the recipe as it is.
-DEMO_MIN_SCORE ?= 1
 
-.PHONY: demo test install install-test install-bench lint bench clean
+.PHONY: demo test install install-test install-bench system-deps gguf-converter github-issues lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +18,35 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# The tests also cover the [embed] extra (semantic dedup): pin torch's CPU build
+# System packages the tests use for real: bubblewrap, setpriv and libseccomp (the
+# code sandbox) and chromium (the HTML report in a real browser). Installed with apt-get when missing
+# (as root, or through sudo).
+system-deps:
+	@missing=""; command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
+	{ /sbin/ldconfig -p 2>/dev/null || ldconfig -p; } | grep -q libseccomp.so.2 || missing="$$missing libseccomp2"; \
+	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	    $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null \
+	    || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null; }; \
+	fi
+
+# The tests also cover the [embed] and [train] extras: pin torch's CPU build
 # first, or pip resolves sentence-transformers to several GB of CUDA packages.
 TORCH ?= torch==2.13.0
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test,embed]"
+	$(MAKE) gguf-converter
 	touch $@
+
+# llama.cpp's HF -> GGUF converter (ships in the llama-cpp-python source package):
+# fetched once into ~/.cache/smolforge for `smolforge train --gguf`.
+gguf-converter: $(VENV)/.installed
+	$(BIN)/python -c "from smolforge.train.gguf import converter; print(converter())"
 
 # The benchmarks' baselines (datatrove, datasketch, rensa, scikit-learn, ...).
 $(VENV)/.installed-bench: $(VENV)/.installed-test
@@ -41,12 +58,21 @@ install-test: $(VENV)/.installed-test
 install-bench: $(VENV)/.installed-bench
 
 demo: install
-	$(BIN)/smolforge run textbooks --out runs/demo --set stages[0].count=$(DEMO_COUNT) \
-	    --set "stages[4].where=edu_score >= $(DEMO_MIN_SCORE)"
+	$(BIN)/smolforge run textbooks --out runs/demo --set stages[0].count=$(DEMO_COUNT)
 	@echo "data: runs/demo/data/  (inspect: $(BIN)/smolforge show runs/demo)"
 
-test: install-test
+test: system-deps install-test
 	$(BIN)/python -m pytest -q --durations=15
+
+# Close the loop on this machine: recipe -> train -> eval, base vs tuned with 95% CIs.
+github-issues: install-test
+	OMP_NUM_THREADS=1 $(BIN)/smolforge run github_issues --out runs/github_issues
+	OMP_NUM_THREADS=1 $(BIN)/smolforge train runs/github_issues --out runs/github_issues-tuned \
+	    --epochs 4 --lr 4e-4 --max-length 384 --gguf q8_0
+	OMP_NUM_THREADS=1 $(BIN)/smolforge eval smollm2-135m runs/github_issues-tuned --data runs/github_issues \
+	    --tasks json,fields,fields_constrained \
+	    --fields type,priority,component,product_area,estimated_fix_time \
+	    --schema src/smolforge/recipes/github_issues/issue.schema.json --out runs/github_issues-eval.json
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks

@@ -256,7 +256,8 @@ def run_smolforge_stage(data: Path, work: Path) -> list[str]:
     (work / "kept").mkdir()
     for i, res in stage.process_all(Shards(load, len(files)), ctx):
         removed += [r.record["id"] for r in res.rejected]
-        pq.write_table(pa.Table.from_pylist(res.kept), work / "kept" / f"part-{i:05d}.parquet")
+        kept = res.kept if isinstance(res.kept, pa.Table) else pa.Table.from_pylist(res.kept)
+        pq.write_table(kept, work / "kept" / f"part-{i:05d}.parquet")
     return removed
 
 

@@ -127,7 +127,7 @@ def run(stage: Dedup, records: list[dict], tmp_path: Path, shard_size: int = 7):
     shards = ListShards(records, shard_size)
     kept, rejected = [], []
     for _i, res in stage.process_all(shards, make_ctx(tmp_path)):
-        kept += res.kept
+        kept += res.records()
         rejected += res.rejected
     return kept, {r.record["id"]: r.reason for r in rejected}, shards
 

@@ -212,7 +212,7 @@ TINY = {
 }
 # The textbooks judge (stages[3], fineweb-edu, structured) asks a canned server: the
 # model name says which score it answers; the shipped filter keeps >= 3.
-EDU_SCORES = {"edu-high": 4, "edu-low": 2}
+EDU_SCORES = {"edu-high": 4, "edu-low": 1}
 
 
 def edu_judge(url: str, model: str) -> str:
@@ -296,9 +296,9 @@ def test_recipe_runs_with_knobs_and_drop_reasons(recipe_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe_run", ["textbooks"], indirect=True)
-def test_textbooks_filter_drops_what_the_judge_scores_below_3(recipe_run, judge_server, tmp_path):
-    """The same run with a judge that answers 2: generate is reused, the judge is
-    asked again, and the shipped filter (edu_score >= 3) drops both records."""
+def test_textbooks_filter_drops_what_the_judge_scores_below_2(recipe_run, judge_server, tmp_path):
+    """The same run with a judge that answers 1: generate is reused, the judge is
+    asked again, and the shipped filter (edu_score >= 2) drops both records."""
     _, out, _ = recipe_run
     low = tmp_path / "low"
     shutil.copytree(out, low)
@@ -313,4 +313,4 @@ def test_textbooks_filter_drops_what_the_judge_scores_below_3(recipe_run, judge_
     assert summary["data"]["rows"] == 0
     rej = pq.read_table(low / "rejects").to_pylist()
     assert [(r["stage"], r["reason"]) for r in rej] == [
-        ("filter", "filter 'edu_score >= 3' is false (edu_score=2.0)")] * 2
+        ("filter", "filter 'edu_score >= 2' is false (edu_score=1.0)")] * 2

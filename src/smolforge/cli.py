@@ -4,7 +4,9 @@ Exit codes: 0 done; 1 the run failed or is incomplete (bad input, engine down,
 records that failed for engine reasons, run directory in use; finished work is
 kept and a re-run resumes or retries); 2 the recipe or the command line is invalid
 (or --out is a directory that is not a run); 3 the run kept no records (unless
---allow-empty); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+--allow-empty); 4 a recipe `target:` was not reached within max_candidates (the
+partial output is kept; see docs/executors.md); 130 interrupted (Ctrl-C); 143
+terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                    "recipe's folder and the working directory)")
     r.add_argument("--allow-empty", action="store_true",
                    help="exit 0 even when the run keeps no records (default: exit 3)")
+    from smolforge.executors import add_run_arguments
+
+    add_run_arguments(r)
 
     rs = sub.add_parser("recipes", help="list built-in recipes")
     rs.add_argument("--json", action="store_true")
@@ -60,14 +65,30 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--samples", type=int, default=3)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--rejects", action="store_true", help="list the rejected records instead")
+    s.add_argument("--stage", help="--rejects: only this stage's")
+    s.add_argument("--reason", help="--rejects: only those whose reason contains this (or whose rule is this)")
+    s.add_argument("--limit", type=int, default=50, help="--rejects: at most N (0: all)")
 
     e = sub.add_parser("export", help="export a run's data")
     e.add_argument("run_dir")
-    e.add_argument("--format", required=True, choices=["jsonl", "parquet", "chat"])
-    e.add_argument("--to", required=True, help="output file")
-    e.add_argument("--prompt-column", default="prompt", help="chat: the user turn")
+    e.add_argument("--format", required=True, choices=["jsonl", "parquet", "chat", "hf", "dpo", "kto", "grpo"])
+    e.add_argument("--to", required=True, help="output file (hf: a folder)")
+    e.add_argument("--license", help="hf: the dataset's licence in the card (default: other)")
+    e.add_argument("--split", help="only the records whose `split` column is this (jsonl, parquet, chat)")
+    e.add_argument("--prompt-column", default="prompt", help="chat, dpo, kto: the user turn")
     e.add_argument("--response-column", default="text", help="chat: the assistant turn")
-    e.add_argument("--system-column", help="chat: an optional system turn")
+    e.add_argument("--system-column", help="chat, dpo, kto: an optional system turn")
+
+    from smolforge.train import cli as train_cli  # train, eval (torch etc. imported only when run)
+
+    train_cli.add_parser(sub)
+    from smolforge.train import estimate as estimate_cli  # estimate (standard library only)
+
+    estimate_cli.add_parser(sub)
+    from smolforge.report import cli as report_cli  # report, push
+
+    report_cli.add_parser(sub)
     return p
 
 
@@ -76,9 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, soft_wrap=True)
     from smolforge.recipe import RecipeError
     from smolforge.store import RunDirError, RunLocked
+    from smolforge.train import cli as train_cli
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if args.command in train_cli.COMMANDS:
+            return train_cli.run(args)
+        if args.command == "estimate":
+            from smolforge.train import estimate as estimate_cli
+
+            return estimate_cli.run(args)
+        from smolforge.report import cli as report_cli
+
+        if args.command in report_cli.COMMANDS:
+            return report_cli.run(args)
         return {"run": cmd_run, "recipes": cmd_recipes, "show": cmd_show, "export": cmd_export}[args.command](args)
     except RecipeError as e:
         err.print("[red]recipe error[/red]", highlight=False)
@@ -102,7 +134,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _without_pandas_in_pyarrow() -> None:
+    """pyarrow imports pandas (about 0.9 s of CPU) on the first `pa.array` of a
+    Python list, only to ask whether the list is a pandas object. A run never hands
+    it one, so tell pyarrow once that pandas is absent; pandas itself stays
+    importable (its own `import pandas` works), only pyarrow's interop is off in
+    this process."""
+    import sys
+
+    if "pandas" in sys.modules:
+        return
+    import pyarrow as pa
+
+    class NoPandas:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "pandas" or name.startswith("pandas."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, NoPandas)  # pyarrow's probe fails, and caches that
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(NoPandas)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _without_pandas_in_pyarrow()
     from smolforge.progress import RichProgress, StageProgress
     from smolforge.recipe import load_recipe
     from smolforge.report import print_summary, summarize
@@ -121,8 +179,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / recipe.name)
     quiet = args.quiet or args.json
     progress = StageProgress() if quiet else RichProgress()
-    run = Runner(recipe, out, limit=args.limit, cache=args.cache, progress=progress).run()
-    summary = summarize(run.path)
+    from smolforge.executors import make_executor, target_missed
+
+    executor = make_executor(args.executor, address=args.address)
+    run = Runner(recipe, out, limit=args.limit, cache=args.cache, progress=progress, executor=executor).run()
+    # --quiet prints nothing: the manifest's counts are enough (summarize reads the
+    # whole dataset), unless the run is empty and the user is told why.
+    manifest = run.manifest
+    quiet_empty = args.quiet and not args.json and manifest.get("data", {}).get("rows", 0) == 0
+    summary = summarize(run.path) if quiet_empty or not args.quiet or args.json else manifest
     if args.json:
         print(json.dumps(summary, default=str, indent=2))
     elif not args.quiet:
@@ -133,6 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(f"[red]{failures['records']} record(s) failed for engine reasons[/red] "
                   f"(first: {failures['first_error']}); re-run to retry")
         return 1
+    if (code := target_missed(run.manifest, err)) is not None:
+        return code
     if summary["data"].get("rows", 0) == 0 and not args.allow_empty:
         err.print("[red]the run kept no records[/red]" + _why_empty(summary)
                   + "\n(--allow-empty to accept an empty dataset)")
@@ -182,6 +249,12 @@ def _print_dry_run(report: dict) -> None:
                 "see per-record figures", markup=False)
     if est.get("not_timed"):
         c.print(f"not in the estimate (skipped in dry run): {', '.join(est['not_timed'])}", markup=False)
+    if (t := report.get("target")) is not None:
+        need = t["candidates_needed"]
+        c.print(f"target {t['records']} records: the pilot kept {t['pilot_kept']} of {t['pilot_candidates']} "
+                f"candidates; ~{need if need is not None else 'unknown (none kept)'} candidates needed "
+                f"(max_candidates {t['max_candidates']}{'' if t['within_budget'] else ': NOT enough'})",
+                markup=False)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -204,6 +277,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if not (Path(args.run_dir) / "manifest.json").exists():
         raise FileNotFoundError(f"{args.run_dir}: not a run directory (no manifest.json)")
+    if args.rejects:
+        from smolforge.report.show import show_rejects
+
+        return show_rejects(args)
     summary = summarize(args.run_dir, samples=args.samples)
     if args.json:
         print(json.dumps(summary, default=str, indent=2))
@@ -215,7 +292,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from smolforge.export import export
 
-    n = export(args.run_dir, args.format, args.to, args.prompt_column, args.response_column, args.system_column)
+    n = export(args.run_dir, args.format, args.to, args.prompt_column, args.response_column, args.system_column,
+               split=args.split, licence=args.license)
     Console(stderr=True).print(f"wrote {n} records to {args.to}")
     return 0
 

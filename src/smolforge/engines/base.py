@@ -11,9 +11,10 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Request:
     seed: int = 0
     n: int = 1
     json_schema: dict[str, Any] | None = None
+    # Top alternatives (with log-probabilities) to return for each generated token, as
+    # OpenAI's `top_logprobs`; 0: none. Left out of cache keys while 0.
+    logprobs: int = 0
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -49,6 +53,11 @@ class Completion:
     text: str
     finish_reason: str = "stop"  # "stop" | "length"
     tokens: int = 0
+    # With `Request.logprobs`: one entry per generated token, {"token": text,
+    # "logprob": its log-probability, "top": {token text: logprob} of the most likely
+    # alternatives (same-text tokens merged)}. None: not asked for, or the server
+    # gave none.
+    top_logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -57,6 +66,9 @@ class Response:
     prompt_tokens: int = 0
     error: str | None = None
     cached: bool = False
+    # For a request with a JSON schema: how it was enforced ("grammar" for llama.cpp,
+    # "json_schema" / "json_object" / "prompt" for a server, "guided" for vLLM).
+    json_mode: str | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -85,6 +97,16 @@ class Engine(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: str
+    # The teacher's licence id (e.g. apache-2.0, llama3.1): recorded in every record's
+    # meta and checked by `show`, the report and the dataset card (smolforge.licences).
+    # Default: the GGUF file's metadata, else the built-in table of model families.
+    licence: str | None = Field(None, validation_alias=AliasChoices("licence", "license"),
+                                description="licence of the model's outputs (default: from GGUF metadata or the model family)")
+    # Ray executor only (docs/executors.md): actors holding this engine, and what each
+    # asks of the cluster. Not part of identity(), so cache keys do not change.
+    replicas: int = Field(1, ge=1, description="--executor ray: engine actors (each loads the model once)")
+    num_cpus: float = Field(1.0, ge=0, description="--executor ray: CPUs each replica reserves")
+    num_gpus: float = Field(0.0, ge=0, description="--executor ray: GPUs each replica reserves")
 
     # Provenance and cache keys depend on these; subclasses set `kind`.
     kind: ClassVar[str] = "base"
@@ -112,11 +134,21 @@ class Engine(BaseModel):
     def close(self) -> None:
         """Release models, threads and connections."""
 
+    def attach_run_dir(self, run_dir: Path) -> None:
+        """The run directory this engine serves (a managed server writes its log there);
+        called by `StageContext.engine`. Most engines ignore it."""
+
+
+_NEW_DEFAULTS: dict[str, Any] = {"logprobs": 0}
+
 
 def request_key(identity: dict[str, Any], req: Request) -> str:
     """Cache key: a hash of everything that determines a response."""
     payload = {"engine": identity, "messages": req.messages, "prompt": req.prompt}
     payload.update(req.sampling())
+    for name, default in _NEW_DEFAULTS.items():  # fields added later: old keys stay valid
+        if payload.get(name) == default:
+            del payload[name]
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

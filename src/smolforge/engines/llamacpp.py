@@ -43,7 +43,9 @@ class LlamaCppEngine(Engine):
     thread count (see `llamacpp_batch`); a sampled one depends only on its seed (`seed + k`
     for the k-th of `n`).
     `Completion.tokens` counts every token generated, also those of a stop string cut
-    from the text, but not the end-of-generation token.
+    from the text, but not the end-of-generation token. With `Request.logprobs = k`,
+    `Completion.top_logprobs` holds each generated token's log-probability and the k
+    likeliest alternatives, read from the raw logits (asking for them changes no output).
     """
 
     kind: ClassVar[str] = "llamacpp"
@@ -145,7 +147,8 @@ class LlamaCppEngine(Engine):
                 resp = Response(prompt_tokens=len(job.tokens), error=job.error)
             else:
                 comps = [c or Completion("", "stop", 0) for c in job.completions]
-                resp = Response(comps, prompt_tokens=len(job.tokens))
+                resp = Response(comps, prompt_tokens=len(job.tokens),
+                                json_mode="grammar" if job.grammar is not None else None)
             out[job.index] = resp
             if on_response:
                 on_response(job.index, resp)

@@ -99,6 +99,7 @@ class _Seq:
     n_gen: int = 0
     text: bytearray = field(default_factory=bytearray)
     scan_from: int = 0  # characters already searched for stop strings
+    top: list[dict] | None = None  # per generated token, with Request.logprobs
 
 
 class ThreadTuner:
@@ -352,6 +353,25 @@ class BatchedLlama:
         lc.llama_sampler_accept(grammar, tok)
         lc.llama_sampler_accept(chain, tok)
         return tok
+
+    def top_logprobs(self, idx: int, token: int, k: int) -> dict:
+        """The log-probability of `token` and the `k` most likely tokens at batch row
+        `idx`, from the model's raw logits (before penalties and temperature, as
+        OpenAI-compatible servers report them). Tokens with the same text are merged."""
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, idx), (self.n_vocab,))
+        x = logits.astype(np.float64)
+        m = x.max()
+        logz = m + math.log(np.exp(x - m).sum())
+        k = min(k, self.n_vocab)
+        ids = np.argpartition(-x, k - 1)[:k]
+        ids = ids[np.argsort(-x[ids], kind="stable")]
+        top: dict[str, float] = {}
+        for t in ids.tolist():
+            text = self.piece(t).decode("utf-8", "replace")
+            lp = float(x[t] - logz)
+            top[text] = float(np.logaddexp(top[text], lp)) if text in top else lp
+        return {"token": self.piece(token).decode("utf-8", "replace"),
+                "logprob": float(x[token] - logz), "top": top}
 
     def _fill(self, logits: np.ndarray) -> None:
         """Reset the candidate array to every token with its logit."""
@@ -617,6 +637,10 @@ class _Scheduler:
         if ll._eog[tok]:
             self._finish(seq, "stop")
             return
+        if seq.job.req.logprobs > 0:  # reads the logits row only: decoding is unchanged
+            if seq.top is None:
+                seq.top = []
+            seq.top.append(ll.top_logprobs(idx, tok, seq.job.req.logprobs))
         seq.n_gen += 1
         seq.text += ll.piece(tok)
         stops = seq.job.req.stop
@@ -635,7 +659,8 @@ class _Scheduler:
     def _finish(self, seq: _Seq, reason: str, text: str | None = None) -> None:
         if text is None:
             text = seq.text.decode("utf-8", "ignore")
-        seq.job.completions[seq.sample] = Completion(text, reason, seq.n_gen)
+        top = (seq.top or []) if seq.job.req.logprobs > 0 else None
+        seq.job.completions[seq.sample] = Completion(text, reason, seq.n_gen, top_logprobs=top)
         _free_samplers(seq)
         lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
         heapq.heappush(self.free, seq.seq_id)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import math
 import os
 import random
 import re
@@ -182,10 +183,13 @@ class OpenAIEngine(Engine):
         description="auto: chat for requests with messages, completions for raw prompts; "
         "chat: raw prompts are sent as one user message",
     )
-    schema_format: Literal["json_schema", "json_object"] = Field(
-        "json_schema",
-        description="how a JSON schema is sent: json_schema (OpenAI, vLLM, SGLang, llama.cpp "
-        "server, Ollama) or json_object with a `schema` key (llama-cpp-python's server)",
+    schema_format: Literal["auto", "json_schema", "json_object", "prompt"] = Field(
+        "auto",
+        description="how a JSON schema is sent: auto (json_schema; on a 400/422 that the next "
+        "form cures, json_object, then the schema in the prompt alone; the form that worked "
+        "is kept for this engine), json_schema (OpenAI, vLLM, SGLang, llama.cpp server, "
+        "Ollama), json_object with a `schema` key (llama-cpp-python's server), or prompt "
+        "(no response_format: the schema is appended to the prompt)",
     )
     concurrency: int = Field(64, ge=1, description="requests in flight at once")
     rpm: float | None = Field(None, gt=0, description="requests-per-minute limit (none by default)")
@@ -206,6 +210,8 @@ class OpenAIEngine(Engine):
 
     _rt: _Runtime | None = PrivateAttr(None)
     _rt_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # schema_format auto: the JSON form this server was found to take (None: not yet).
+    _json_mode: str | None = PrivateAttr(None)
     _usage: dict[str, int] = PrivateAttr(
         default_factory=lambda: dict.fromkeys(
             ("requests", "failed", "attempts", "prompt_tokens", "completion_tokens"), 0
@@ -229,7 +235,7 @@ class OpenAIEngine(Engine):
             ident["endpoint"] = self.endpoint
         if self.extra_body:
             ident["extra_body"] = self.extra_body
-        if self.schema_format != "json_schema":  # the default stays out: old cache keys hold
+        if self.schema_format not in ("auto", "json_schema"):  # old cache keys hold
             ident["schema_format"] = self.schema_format
         return ident
 
@@ -246,6 +252,8 @@ class OpenAIEngine(Engine):
         u: dict[str, Any] = dict(self._usage)
         u["retries"] = max(0, u["attempts"] - u["requests"])
         u["cost_usd"] = self.cost(u["prompt_tokens"], u["completion_tokens"])
+        if self._json_mode is not None:  # how JSON schemas went out (schema_format auto)
+            u["json_mode"] = self._json_mode
         return u
 
     # ---- runtime ----------------------------------------------------------------
@@ -302,7 +310,7 @@ class OpenAIEngine(Engine):
         chat = self.endpoint == "chat" or (self.endpoint == "auto" and req.messages is not None)
         return "chat" if chat else "completions"
 
-    def _body(self, req: Request, kind: str) -> dict[str, Any]:
+    def _body(self, req: Request, kind: str, json_mode: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model}
         if kind == "chat":
             body["messages"] = (
@@ -328,15 +336,43 @@ class OpenAIEngine(Engine):
             body["repetition_penalty"] = req.repeat_penalty  # vLLM, SGLang, TGI
             body["repeat_penalty"] = req.repeat_penalty  # llama.cpp, Ollama
         if req.json_schema is not None:
-            body["response_format"] = self._response_format(req.json_schema)
+            self._add_json(body, req.json_schema, json_mode or self._json_modes()[0])
+        if req.logprobs > 0:  # chat: a flag and a count (OpenAI caps it at 20); legacy: a count
+            if kind == "chat":
+                body["logprobs"], body["top_logprobs"] = True, min(req.logprobs, 20)
+            else:
+                body["logprobs"] = min(req.logprobs, 20)
         body.update(self.extra_body)
         return body
 
-    def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
-        if self.schema_format == "json_object":
-            return {"type": "json_object", "schema": schema}
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "output"))[:64]
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+    def _json_modes(self) -> list[str]:
+        """The JSON forms to try, best first: the configured one, or with `auto` the
+        ones not yet ruled out for this server."""
+        if self.schema_format != "auto":
+            return [self.schema_format]
+        start = _JSON_MODES.index(self._json_mode) if self._json_mode else 0
+        return list(_JSON_MODES[start:])
+
+    def _add_json(self, body: dict[str, Any], schema: dict[str, Any], mode: str) -> None:
+        """Constrain `body` to `schema` in form `mode`; `prompt` appends the schema to
+        the prompt (the last user message) instead, for servers with no JSON mode."""
+        if mode == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        elif mode == "json_schema":
+            name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "output"))[:64]
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": name, "schema": schema}}
+        else:
+            hint = ("\n\nAnswer with one JSON value only, valid against this JSON schema:\n"
+                    + json.dumps(schema, ensure_ascii=False))
+            if "prompt" in body:
+                body["prompt"] = str(body["prompt"]) + hint
+            else:
+                msgs = [dict(m) for m in body["messages"]]
+                last = max((i for i, m in enumerate(msgs) if m.get("role") == "user"),
+                           default=len(msgs) - 1)
+                msgs[last]["content"] = str(msgs[last].get("content") or "") + hint
+                body["messages"] = msgs
 
     # ---- generate -------------------------------------------------------------------
 
@@ -434,9 +470,12 @@ class OpenAIEngine(Engine):
     async def _request(self, b: _Batch, kind: str, req: Request) -> Response:
         """One Request -> one Response, with retries; fans out when a server returns
         fewer than `n` choices (llama.cpp and others ignore `n`)."""
-        body = self._body(req, kind)
+        modes: list[str | None] = (list(self._json_modes()) if req.json_schema is not None
+                                   else [None])
+        body = self._body(req, kind, modes[0])
+        mode = modes[0]
         try:
-            data = await self._post(b, kind, body)
+            data, mode, body = await self._post_json(b, kind, req, modes, body)
             choices = self._choices(kind, data)
             prompt_tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
             if len(choices) < req.n:
@@ -457,7 +496,37 @@ class OpenAIEngine(Engine):
         except Exception as e:  # a malformed answer or an unencodable prompt: this request only
             b.usage["failed"] += 1
             return Response(error=f"{type(e).__name__}: {e}")
-        return Response(completions=choices[: req.n], prompt_tokens=prompt_tokens)
+        return Response(completions=choices[: req.n], prompt_tokens=prompt_tokens,
+                        json_mode=mode)
+
+    async def _post_json(self, b: _Batch, kind: str, req: Request, modes: list[str | None],
+                         body: dict[str, Any]) -> tuple[dict[str, Any], str | None, dict]:
+        """`_post`, and with schema_format auto a JSON form the server rejects (400,
+        415, 422, or any error naming response_format / json_schema / json_object) is
+        replaced by the next one (json_schema -> json_object -> prompt);
+        the form that then succeeds is kept for this engine. If every form fails, the
+        first error stands (it names what the server disliked)."""
+        first: _AttemptError | None = None
+        for k, mode in enumerate(modes):
+            try:
+                data = await self._post(b, kind, body)
+            except _AttemptError as e:
+                m = re.match(r"HTTP (\d+)", e.label)
+                form = m is not None and (int(m.group(1)) in _FORM_REJECTED
+                                          or _form_rejected(body, e.detail))
+                if k + 1 == len(modes) or not form:
+                    raise first or e from None
+                first = first or e
+                body = self._body(req, kind, modes[k + 1])
+                continue
+            if first is not None and mode is not None:  # the server takes this form only
+                if self._json_mode is None or (_JSON_MODES.index(mode)
+                                               > _JSON_MODES.index(self._json_mode)):
+                    self._json_mode = mode
+            elif mode is not None and self._json_mode is None:
+                self._json_mode = mode
+            return data, mode, body
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _choices(self, kind: str, data: dict[str, Any]) -> list[Completion]:
         raw = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
@@ -471,7 +540,7 @@ class OpenAIEngine(Engine):
             # Usage is per response; spread it over the choices.
             tokens = total // len(raw) + (1 if k < total % len(raw) else 0)
             out.append(Completion(text=text, finish_reason=c.get("finish_reason") or "stop",
-                                  tokens=tokens))
+                                  tokens=tokens, top_logprobs=_logprobs(kind, c.get("logprobs"))))
         return out
 
     async def _post(self, b: _Batch, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -518,7 +587,8 @@ class OpenAIEngine(Engine):
                     status = r.status
                     raise _AttemptError(
                         f"HTTP {status}", _snippet(raw),
-                        retry=status in _RETRY_STATUS or status >= 500,
+                        retry=(status in _RETRY_STATUS or status >= 500)
+                        and not _form_rejected(body, raw),  # retrying cannot cure that
                         unavailable=status in _UNAVAILABLE_STATUS,
                         retry_after=_parse_retry_after(r.headers.get("Retry-After")),
                     )
@@ -589,6 +659,21 @@ class OpenAIEngine(Engine):
         )
 
 
+# schema_format auto tries these in turn; a 400/415/422 that the next form cures rules
+# the earlier ones out for the engine's lifetime.
+_JSON_MODES = ("json_schema", "json_object", "prompt")
+_FORM_REJECTED = {400, 415, 422}
+_FORM_WORDS = re.compile(rb"response_format|json_schema|json_object", re.I)
+
+
+def _form_rejected(body: dict[str, Any], raw: bytes | str) -> bool:
+    """Whether an error answer blames the request's JSON form (llama-cpp-python's
+    server answers a json_schema response_format with a 500 naming it)."""
+    if "response_format" not in body:
+        return False
+    return bool(_FORM_WORDS.search(raw if isinstance(raw, bytes) else raw.encode()))
+
+
 def _json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -599,3 +684,40 @@ def _json_or_none(raw: bytes) -> Any:
 def _snippet(raw: bytes, limit: int = 300) -> str:
     text = raw.decode("utf-8", "replace").strip()
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _logprobs(kind: str, lp: Any) -> list[dict[str, Any]] | None:
+    """A choice's `logprobs` in the engine's form (see `Completion.top_logprobs`):
+    chat `{"content": [{token, logprob, top_logprobs: [{token, logprob}]}]}` or legacy
+    completions `{tokens, token_logprobs, top_logprobs: [{token: logprob}]}`. None when
+    the server sent none or something else."""
+    try:
+        if not lp:
+            return None
+        out: list[dict[str, Any]] = []
+        if kind == "chat":
+            for e in lp.get("content") or []:
+                top: dict[str, float] = {}
+                for t in e.get("top_logprobs") or []:
+                    _merge(top, str(t["token"]), float(t["logprob"]))
+                out.append({"token": str(e["token"]), "logprob": float(e["logprob"]), "top": top})
+        else:
+            tokens, chosen = lp.get("tokens") or [], lp.get("token_logprobs") or []
+            tops = lp.get("top_logprobs") or [None] * len(tokens)
+            for tok, clp, alts in zip(tokens, chosen, tops):
+                top = {}
+                for t, v in (alts or {}).items():
+                    _merge(top, str(t), float(v))
+                out.append({"token": str(tok), "logprob": float(clp if clp is not None else "-inf"),
+                            "top": top})
+        return out if out else None
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _merge(top: dict[str, float], token: str, logprob: float) -> None:
+    if token in top:
+        hi, lo = max(top[token], logprob), min(top[token], logprob)
+        top[token] = hi + math.log1p(math.exp(lo - hi))
+    else:
+        top[token] = logprob

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
@@ -41,14 +43,51 @@ def is_engine_error(reason: str) -> bool:
 
 @dataclass
 class Result:
-    kept: list[Record] = field(default_factory=list)
+    # The kept records: dicts, or (see `select`) the input shard's own Arrow rows,
+    # which the store writes without converting them to Python and back.
+    kept: list[Record] | pa.Table = field(default_factory=list)
     rejected: list[Reject] = field(default_factory=list)
     # Stage-specific counts for this shard (pairs made, ties dropped, ...): summed
     # over shards into the stage's entry in the manifest, beside in/out/rejected.
     counts: dict[str, float] = field(default_factory=dict)
 
     def keep(self, record: Record) -> None:
-        self.kept.append(record)
+        self.kept.append(record)  # type: ignore[union-attr]
+
+    def records(self) -> list[Record]:
+        """The kept records as dicts, whichever form `kept` has."""
+        if isinstance(self.kept, pa.Table):
+            from smolforge.store import table_to_records
+
+            return table_to_records(self.kept)
+        return self.kept
+
+    @classmethod
+    def select(cls, table: pa.Table, reasons: dict[int, str],
+               added: dict[str, list[Any]] | None = None) -> Result:
+        """The input shard minus the rows in `reasons` (row index -> reason), plus
+        columns the stage `added` (one value per input row). The kept rows stay
+        Arrow; only the rejected ones become records. Most of a cheap stage's cost
+        was decoding and re-encoding every kept record's provenance."""
+        from smolforge.store import table_to_records
+
+        if added:
+            for name, values in added.items():
+                col = pa.array(values)
+                if name in table.column_names:
+                    table = table.set_column(table.column_names.index(name), name, col)
+                else:
+                    table = table.append_column(name, col)
+        res = cls()
+        if reasons:
+            drop = sorted(reasons)
+            mask = np.ones(table.num_rows, dtype=bool)
+            mask[drop] = False
+            rows = table_to_records(table.take(pa.array(drop, type=pa.int64())))
+            res.rejected = [Reject(r, reasons[i]) for i, r in zip(drop, rows)]
+            table = table.filter(pa.array(mask))
+        res.kept = table
+        return res
 
     def reject(self, record: Record, reason: str) -> None:
         self.rejected.append(Reject(record, reason))
@@ -104,6 +143,11 @@ class SourceStage(Stage):
     def read(self, ctx: StageContext) -> Iterator[Record | Reject]:
         raise NotImplementedError
 
+    def read_batches(self, ctx: StageContext) -> Iterator[Record | Reject | pa.Table]:
+        """What the runner reads: `read`'s items, or whole Arrow tables of rows
+        that are stored as they are (`read` of JSONL and Parquet)."""
+        return self.read(ctx)
+
     def estimate_count(self, ctx: StageContext) -> int | None:
         """How many records `read` will produce, if cheap to know (for --dry-run)."""
         return None
@@ -118,6 +162,14 @@ class MapStage(Stage):
     def process(self, batch: list[Record], ctx: StageContext) -> Result:
         raise NotImplementedError
 
+    def process_table(self, table: pa.Table, ctx: StageContext) -> Result:
+        """The runner's entry point: one shard as Arrow. By default every record,
+        provenance included, goes to `process` as a dict."""
+        from smolforge.store import table_to_records
+
+        batch = table_to_records(table)
+        return self.process(batch, ctx) if batch else Result()
+
 
 class FilterStage(MapStage):
     """A MapStage whose logic is one check per record: `check` returns None to
@@ -125,6 +177,25 @@ class FilterStage(MapStage):
 
     def check(self, record: Record) -> str | None:
         raise NotImplementedError
+
+    def process_table(self, table: pa.Table, ctx: StageContext) -> Result:
+        """A filter reads only the columns it `requires()` (and `id`): it gets
+        partial records, and the kept rows are taken from the shard as they are.
+        Columns it sets on a record (a language score) are added to the shard."""
+        from smolforge.store import table_to_records
+
+        cols = [c for c in table.column_names if c in self.requires() | {"id"}]
+        batch = table_to_records(table.select(cols))
+        if not batch:
+            return Result()
+        res = self.process(batch, ctx)
+        index = {id(rec): i for i, rec in enumerate(batch)}
+        reasons = {index[id(r.record)]: r.reason for r in res.rejected}
+        if len(reasons) + len(res.kept) != len(batch):
+            raise RuntimeError(f"{self.type}: a filter must keep or reject each record once")
+        new = sorted({k for rec in batch for k in rec} - set(cols))
+        added = {k: [rec.get(k) for rec in batch] for k in new}
+        return Result.select(table, reasons, added)
 
     def process(self, batch: list[Record], ctx: StageContext) -> Result:
         res = Result()
@@ -141,9 +212,10 @@ class Shards(Sequence):
     """Read access to every shard of a global stage's input, one shard at a time,
     optionally only some columns (so memory holds what the stage needs)."""
 
-    def __init__(self, loader, n: int):
+    def __init__(self, loader, n: int, tables=None):
         self._loader = loader
         self._n = n
+        self._tables = tables
 
     def __len__(self) -> int:
         return self._n
@@ -153,6 +225,14 @@ class Shards(Sequence):
 
     def columns(self, i: int, columns: list[str]) -> list[Record]:
         return self._loader(i, columns)
+
+    def table(self, i: int) -> pa.Table:
+        """Shard `i` as Arrow, for `Result.select`."""
+        if self._tables is not None:
+            return self._tables(i)
+        from smolforge.store import records_to_table
+
+        return records_to_table(self[i])
 
 
 class GlobalStage(Stage):

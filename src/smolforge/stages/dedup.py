@@ -107,17 +107,15 @@ class Dedup(GlobalStage):
         # Only 16-byte digests and ids are held, never the texts.
         seen: dict[bytes, str] = {}
         for i in range(len(shards)):
-            res = Result()
-            for rec in shards[i]:
+            reasons: dict[int, str] = {}
+            for j, rec in enumerate(shards.columns(i, ["id", self.column])):
                 digest = hashlib.blake2b(
                     normalize(str(rec.get(self.column) or "")).encode(), digest_size=16
                 ).digest()
                 first = seen.setdefault(digest, rec["id"])
-                if first == rec["id"]:
-                    res.keep(rec)
-                else:
-                    res.reject(rec, f"exact duplicate of {first}")
-            yield i, res
+                if first != rec["id"]:
+                    reasons[j] = f"exact duplicate of {first}"
+            yield i, Result.select(shards.table(i), reasons)
 
     def _minhash(self, shards: Shards) -> Iterator[tuple[int, Result]]:
         from smolforge.minhash import MinHasher, MinHashLSH, estimated_jaccard
@@ -150,13 +148,13 @@ class Dedup(GlobalStage):
         unit = f"{self.ngram}-{self.unit} shingles"
         rule = f">= {threshold:g}" if threshold > 0 else "LSH band match"
         sig16 = lsh.signatures16() if self.clusters == "components" else None  # a copy
-        # Pass 2: full records, one shard at a time.
+        # Pass 2: each shard minus its duplicates, one shard at a time.
         offset = 0
         for i in range(len(shards)):
-            recs = shards[i]
-            if len(recs) != sizes[i]:
+            table = shards.table(i)
+            if table.num_rows != sizes[i]:
                 raise RuntimeError(f"shard {i} changed between passes")
-            g = np.arange(offset, offset + len(recs))
+            g = np.arange(offset, offset + table.num_rows)
             dropped = np.flatnonzero(dups.root[g] != g)
             reasons: dict[int, str] = {}
             for j in dropped.tolist():
@@ -175,14 +173,8 @@ class Dedup(GlobalStage):
                         f"Jaccard {sl:.2f} {rule} with {ids[link]}, {dups.sim[d]:.2f} with "
                         f"{ids[root]}, {unit})"
                     )
-            res = Result()
-            for j, rec in enumerate(recs):
-                if j in reasons:
-                    res.reject(rec, reasons[j])
-                else:
-                    res.keep(rec)
-            offset += len(recs)
-            yield i, res
+            offset += table.num_rows
+            yield i, Result.select(table, reasons)
 
     def _semantic(self, shards: Shards) -> Iterator[tuple[int, Result]]:
         from smolforge.embed import embed

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Engine, Request, Response
+from smolforge.licences import licence_id
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
 from smolforge.templates import load_source, render, template_hash, template_variables, variables
@@ -113,6 +114,7 @@ class LLMStage(MapStage):
         return {
             "engine": engine.kind,
             "model": engine.identity().get("model"),
+            "licence": licence_id(engine),  # the teacher's licence (smolforge.licences)
             "template_hash": template_hash(source + (self.system or "")),
             "sampling": {k: v for k, v in req.sampling().items() if k != "json_schema"},
             "created_at": round(time.time(), 3),
@@ -128,9 +130,40 @@ class Generate(LLMStage):
     type: Literal["generate"] = "generate"
     output: str = Field("text", description="column for the completion")
     prompt_column: str | None = Field("prompt", description="column for the rendered prompt (null: don't keep)")
+    json_schema: dict[str, Any] | str | None = Field(
+        None, description="constrain the output to this JSON schema (inline, or a JSON/YAML "
+        "file relative to the recipe): a grammar on llamacpp, response_format on openai "
+        "(see smolforge.stages.verify_json)")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_json_schema(cls, v: dict[str, Any] | str | None) -> dict[str, Any] | str | None:
+        from smolforge.stages.verify_json import validate_schema_field
+
+        return validate_schema_field(v)
 
     def provides(self) -> set[str]:
         return {self.output} | ({self.prompt_column} if self.prompt_column else set())
+
+    def fingerprint_extra(self, ctx: StageContext) -> Any:
+        extra = super().fingerprint_extra(ctx)
+        if isinstance(self.json_schema, str):  # the file's content, not only its name
+            from smolforge.stages.verify_json import load_schema
+
+            extra["json_schema"] = load_schema(self.json_schema, ctx)
+        return extra
+
+    def build_requests(
+        self, batch: list[Record], ctx: StageContext, source: str
+    ) -> tuple[list[int], list[Request], list[str], list[tuple[int, str]]]:
+        out = super().build_requests(batch, ctx, source)
+        if self.json_schema is not None:
+            from smolforge.stages.verify_json import load_schema
+
+            schema = load_schema(self.json_schema, ctx)
+            for req in out[1]:
+                req.json_schema = schema
+        return out
 
     def process(self, batch: list[Record], ctx: StageContext) -> Result:
         res = Result()
@@ -150,6 +183,8 @@ class Generate(LLMStage):
                     errors[i].append(f"{engine.kind}: {resp.error}")
                     continue
                 prov = self.provenance(engine, reqs[i], resp, ctx, source)
+                if reqs[i].json_schema is not None:  # how the schema was enforced
+                    prov["json_mode"] = resp.json_mode
                 for k, comp in enumerate(resp.completions):
                     new = dict(rec)
                     if fan_out:

@@ -15,12 +15,32 @@ Follows FineWeb-Edu's annotation set-up: a rubric prompt ending in a line such a
   kept in `<column>_spread`, so disagreement between judges stays visible.
 - `structured: true` constrains answers to JSON `{"justification", "score"}`.
 
+`method:` how an answer becomes a score (docs/judges.md compares them on real text):
+
+- `parse` (default): the number in the generated text, as above.
+- `expected`: G-Eval (Liu et al., 2023, "G-Eval: NLG Evaluation using GPT-4 with
+  Better Human Alignment"): at the score token, the expected value over the allowed
+  score tokens' probabilities; the entropy of that distribution is kept in
+  `<column>_entropy` (low: a confident judge).
+- `criteria`: the rubric's decomposed form: one yes/no question per criterion of an
+  additive rubric (FineWeb-Edu's five points), each scored by P(yes) normalised over
+  the yes/no tokens (any case, with or without a leading space); the score is their
+  sum, each criterion's P(yes) in `<column>_<criterion>`.
+
+Both probability methods ask the engine for `logprobs`; an engine or server that
+returns none falls back to parsing the text (a yes/no or the number), counted as
+`parsed_without_logprobs` in the manifest with a note in the stage's summary.
+With several engines (a panel), `<column>_judges` holds each engine's score and the
+stage's summary reports their agreement (Spearman's rho per pair, Krippendorff's
+alpha, interval metric).
+
 Unparsable or out-of-range answers go to the rejects with the raw answer.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from functools import lru_cache
@@ -32,12 +52,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from smolforge.context import StageContext, derive_seed
+from smolforge.engines.base import Completion
 from smolforge.registry import closest, stages
-from smolforge.stages.base import Record, Result
+from smolforge.stages.base import Record, Result, Shards
 from smolforge.stages.generate import LLMStage
 from smolforge.templates import variables
 
 DEFAULT_SCORE_PATTERN = r"score\"?\s*(?:is|of|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)"
+DEFAULT_CRITERIA_TEMPLATE = """\
+Here is an extract from a document:
+
+{{ text[:max_chars] }}
+
+Question: {{ question }} Answer yes or no.
+Answer:"""
+TOP_LOGPROBS = 20  # alternatives asked for per token (OpenAI's maximum)
 RUBRIC_DIR = Path(str(resources.files("smolforge") / "rubrics"))
 
 
@@ -51,6 +80,11 @@ class Rubric(BaseModel):
     max_chars: int = 2000
     score_pattern: str = DEFAULT_SCORE_PATTERN
     aspects: dict[str, str] = Field(min_length=1)
+    # The decomposed form (method: criteria): criterion name -> a yes/no question, each
+    # put through `criteria_template` (its `question` variable; the rubric's others).
+    criteria: dict[str, str] = Field(default_factory=dict)
+    criteria_template: str = DEFAULT_CRITERIA_TEMPLATE
+    criteria_max_chars: int | None = None  # default: max_chars
 
 
 def builtin_rubrics() -> list[str]:
@@ -122,6 +156,11 @@ class Judge(LLMStage):
     on_fail: Literal["reject", "keep"] = Field(
         "reject", description="an unparsable answer: reject the record, or keep it with an empty score"
     )
+    method: Literal["parse", "expected", "criteria"] = Field(
+        "parse",
+        description="parse: the number in the answer; expected: the expected score over the score "
+        "tokens' probabilities (G-Eval); criteria: the rubric's yes/no criteria, sum of P(yes)",
+    )
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
 
@@ -141,6 +180,15 @@ class Judge(LLMStage):
         if v is not None and not v.endswith((".yaml", ".yml")):
             load_rubric(v)  # raises with the closest name
         return v
+
+    @model_validator(mode="after")
+    def _criteria_exist(self):
+        builtin = self.rubric and not self.rubric.endswith((".yaml", ".yml"))
+        if self.method == "criteria" and builtin and not load_rubric(self.rubric).criteria:  # type: ignore[arg-type]
+            raise ValueError(f"rubric {self.rubric!r} has no `criteria:` for method: criteria")
+        if self.method == "criteria" and not self.rubric:
+            raise ValueError("method: criteria needs a rubric with `criteria:` (yes/no questions)")
+        return self
 
     @field_validator("score_pattern")
     @classmethod
@@ -171,7 +219,15 @@ class Judge(LLMStage):
         lo = self.min_score if self.min_score is not None else r.min_score
         hi = self.max_score if self.max_score is not None else r.max_score
         pattern = self.score_pattern or r.score_pattern
-        return r, lo, hi, pattern, self.max_chars or r.max_chars
+        default_chars = (r.criteria_max_chars or r.max_chars) if self.method == "criteria" else r.max_chars
+        return r, lo, hi, pattern, self.max_chars or default_chars
+
+    def units(self, rubric: Rubric) -> dict[str, str]:
+        """What is asked per record: aspect -> prompt, or criterion -> its question."""
+        return rubric.criteria if self.method == "criteria" else rubric.aspects
+
+    def _multi_engine(self) -> bool:
+        return isinstance(self.engine, list) and len(self.engine) > 1
 
     @property
     def reason_column(self) -> str:
@@ -181,16 +237,22 @@ class Judge(LLMStage):
         if self.rubric and self.rubric.endswith((".yaml", ".yml")):
             return set(self.inputs.values())
         names: set[str] = set()
-        for src in self._rubric(None).aspects.values():
+        rubric = self._rubric(None)
+        sources = [rubric.criteria_template] if self.method == "criteria" else list(rubric.aspects.values())
+        for src in sources:
             names |= variables(src)
-        names -= {"max_chars"}
+        names -= {"max_chars", "question"}
         return {self.inputs.get(n, n) for n in names}
 
     def provides(self) -> set[str]:
         cols = {self.column, self.reason_column, f"{self.column}_spread"}
-        aspects = self._rubric(None).aspects if not (self.rubric or "").endswith((".yaml", ".yml")) else {}
-        if len(aspects) > 1:
-            cols |= {f"{self.column}_{a}" for a in aspects}
+        if self.method != "parse":
+            cols.add(f"{self.column}_entropy")
+        if self._multi_engine():
+            cols.add(f"{self.column}_judges")
+        units = self.units(self._rubric(None)) if not (self.rubric or "").endswith((".yaml", ".yml")) else {}
+        if len(units) > 1:
+            cols |= {f"{self.column}_{a}" for a in units}
         return cols
 
     def fingerprint_extra(self, ctx: StageContext) -> Any:
@@ -223,39 +285,70 @@ class Judge(LLMStage):
         rubric, lo, hi, pattern, max_chars = self.settings(ctx)
         res = Result()
         views = [{**rec, **{var: rec.get(col) for var, col in self.inputs.items()}, "max_chars": max_chars} for rec in batch]
-        aspects = list(rubric.aspects)
-        scores: dict[str, list[list[float]]] = {a: [[] for _ in batch] for a in aspects}
+        units = self.units(rubric)
+        aspects = list(units)
+        engines = self.engines(ctx)
+        # scores[aspect][record][engine]: that engine's scores (one per completion)
+        scores: dict[str, list[list[list[float]]]] = {a: [[[] for _ in engines] for _ in batch] for a in aspects}
+        entropies: list[list[float]] = [[] for _ in batch]
         reasons: dict[str, list[str]] = {a: ["" for _ in batch] for a in aspects}
         problems: list[list[str]] = [[] for _ in batch]
         judges: list[list[dict]] = [[] for _ in batch]
+        fallback: list[bool] = [False for _ in batch]
         failed: set[int] = set()
+        lo_u, hi_u = (0.0, 1.0) if self.method == "criteria" else (lo, hi)
+        built = {}
         for aspect in aspects:
-            index, reqs, _, bad = self.build_requests(views, ctx, rubric.aspects[aspect])
+            if self.method == "criteria":
+                source = rubric.criteria_template
+                built[aspect] = (source, *self.build_requests([{**v, "question": units[aspect]} for v in views], ctx, source))
+            else:
+                source = units[aspect]
+                built[aspect] = (source, *self.build_requests(views, ctx, source))
+        # One call per engine for every aspect: requests of one record share its text,
+        # which the engine decodes once when they are in flight together.
+        # Record by record, so that a record's requests are admitted together.
+        slots = sorted(((built[a][1][k], n, a, k) for n, a in enumerate(aspects) for k in range(len(built[a][2]))))
+        every = [built[a][2][k] for _, _, a, k in slots]
+        answers: list[dict[str, list]] = []
+        for engine in engines:
+            got = ctx.generate(engine, every)
+            out: dict[str, list] = {a: [None] * len(built[a][2]) for a in aspects}
+            for (_, _, a, k), resp in zip(slots, got):
+                out[a][k] = resp
+            answers.append(out)
+        for aspect in aspects:
+            source, index, reqs, _, bad = built[aspect]
             for i, reason in bad:
                 failed.add(i)
                 problems[i].append(reason)
-            for engine in self.engines(ctx):
-                for k, resp in enumerate(ctx.generate(engine, reqs)):
+            for e_idx, engine in enumerate(engines):
+                for k, resp in enumerate(answers[e_idx][aspect]):
                     i = index[k]
                     if resp.error:
                         problems[i].append(f"engine error ({engine.kind}): {resp.error}")
                         continue
                     parsed = []
                     for comp in resp.completions:
-                        score, why = parse_score(comp.text, pattern, self.structured)
+                        score, why, entropy, fell_back = self.score_completion(comp, lo, hi, pattern)
+                        fallback[i] = fallback[i] or fell_back
                         raw = comp.text.strip()[:500]
                         if score is None:
                             problems[i].append(f"unparsable judge answer{_of(aspect, aspects)}: {raw!r}")
-                        elif not lo <= score <= hi:
-                            problems[i].append(f"judge score {score:g} outside [{lo:g}, {hi:g}]{_of(aspect, aspects)}: {raw!r}")
+                        elif not lo_u <= score <= hi_u:
+                            problems[i].append(f"judge score {score:g} outside [{lo_u:g}, {hi_u:g}]{_of(aspect, aspects)}: {raw!r}")
                         else:
                             parsed.append(score)
+                            if entropy is not None:
+                                entropies[i].append(entropy)
                             reasons[aspect][i] = reasons[aspect][i] or why
-                    scores[aspect][i].extend(parsed)
-                    judges[i].append({"aspect": aspect, **self.provenance(engine, reqs[k], resp, ctx, rubric.aspects[aspect]),
+                    scores[aspect][i][e_idx].extend(parsed)
+                    judges[i].append({"aspect": aspect, **self.provenance(engine, reqs[k], resp, ctx, source),
                                       "scores": parsed})
+        combine = sum if self.method == "criteria" else statistics.fmean
         for i, rec in enumerate(batch):
-            if i in failed or any(not scores[a][i] for a in aspects):
+            per_aspect = {a: [s for e in scores[a][i] for s in e] for a in aspects}
+            if i in failed or any(not per_aspect[a] for a in aspects):
                 reason = "; ".join(problems[i]) or "no judge answer"
                 if self.on_fail == "reject":
                     res.reject(rec, reason)
@@ -264,21 +357,241 @@ class Judge(LLMStage):
                     res.keep({**rec, self.column: None, "meta": meta})
                 continue
             new = dict(rec)
-            means = {a: statistics.fmean(scores[a][i]) for a in aspects}
-            new[self.column] = statistics.fmean(means.values())
+            # per aspect: the mean over engines of each engine's mean
+            means = {a: statistics.fmean(statistics.fmean(e) for e in scores[a][i] if e) for a in aspects}
+            new[self.column] = combine(means.values())
             if len(aspects) > 1:
                 for a in aspects:
                     new[f"{self.column}_{a}"] = means[a]
                 new[self.reason_column] = json.dumps({a: reasons[a][i] for a in aspects})
             else:
                 new[self.reason_column] = reasons[aspects[0]][i]
-            all_scores = [s for a in aspects for s in scores[a][i]]
-            spread = max(max(scores[a][i]) - min(scores[a][i]) for a in aspects)
+            all_scores = [s for a in aspects for s in per_aspect[a]]
+            spread = max(max(per_aspect[a]) - min(per_aspect[a]) for a in aspects)
             new[f"{self.column}_spread"] = spread
-            new["meta"] = {**rec.get("meta", {}), ctx.stage_name: {"scores": all_scores, "spread": spread,
-                                                                    "judges": judges[i]}}
+            if self.method != "parse":
+                new[f"{self.column}_entropy"] = statistics.fmean(entropies[i]) if entropies[i] else None
+            info: dict[str, Any] = {"scores": all_scores, "spread": spread, "judges": judges[i]}
+            if len(engines) > 1:
+                per_engine = []
+                for e_idx in range(len(engines)):
+                    vals = [statistics.fmean(scores[a][i][e_idx]) for a in aspects if scores[a][i][e_idx]]
+                    per_engine.append(combine(vals) if len(vals) == len(aspects) else None)
+                new[f"{self.column}_judges"] = per_engine
+            if fallback[i]:
+                info["parsed_without_logprobs"] = True
+            new["meta"] = {**rec.get("meta", {}), ctx.stage_name: info}
             res.keep(new)
+        if self.method != "parse":
+            res.counts["parsed_without_logprobs"] = float(sum(fallback))
         return res
+
+    def build_requests(self, batch, ctx, source):  # type: ignore[override]
+        ok, reqs, prompts, failed = super().build_requests(batch, ctx, source)
+        if self.method != "parse":
+            for r in reqs:
+                r.logprobs = TOP_LOGPROBS
+                if self.method == "criteria":  # the answer is its first token or so
+                    r.max_tokens = min(r.max_tokens, CRITERIA_MAX_TOKENS)
+        return ok, reqs, prompts, failed
+
+    def score_completion(self, comp: Completion, lo: float, hi: float,
+                         pattern: str) -> tuple[float | None, str, float | None, bool]:
+        """(score, justification, entropy, fell back to text) of one answer."""
+        if self.method == "parse":
+            score, why = parse_score(comp.text, pattern, self.structured)
+            return score, why, None, False
+        if self.method == "criteria":
+            if comp.top_logprobs is None:
+                return parse_yes_no(comp.text), "", None, True
+            p = answer_yes_probability(comp.top_logprobs)
+            if p is None:  # no yes/no among the likely tokens: what did it say?
+                return parse_yes_no(comp.text), "", None, False
+            return p, "", binary_entropy(p), False
+        if comp.top_logprobs is None:
+            score, why = parse_score(comp.text, pattern, self.structured)
+            return score, why, None, True
+        dist = score_distribution(comp, lo, hi, pattern)
+        if dist is None:
+            score, why = parse_score(comp.text, pattern, self.structured)
+            return score, why, None, False
+        _, why = parse_score(comp.text, pattern, self.structured)
+        return expected_value(dist), why, entropy(dist), False
+
+    def summary(self, out: Shards, ctx: StageContext) -> dict[str, Any] | None:
+        values: list[float] = []
+        panel: list[list[float | None]] = []
+        no_logprobs = 0
+        cols = [self.column, "meta"] + ([f"{self.column}_judges"] if self._multi_engine() else [])
+        for j in range(len(out)):
+            for rec in out.columns(j, cols):
+                if rec.get(self.column) is not None:
+                    values.append(float(rec[self.column]))
+                if self._multi_engine() and rec.get(f"{self.column}_judges"):
+                    panel.append(list(rec[f"{self.column}_judges"]))
+                meta = rec.get("meta") or {}
+                if isinstance(meta, str):
+                    meta = json.loads(meta)
+                if (meta.get(ctx.stage_name) or {}).get("parsed_without_logprobs"):
+                    no_logprobs += 1
+        summary: dict[str, Any] = {"method": self.method, "scored": len(values)}
+        if values:
+            qs = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+            summary["score"] = {"mean": round(statistics.fmean(values), 4), "min": min(values),
+                                "q1": round(qs[0], 4), "median": round(qs[1], 4), "q3": round(qs[2], 4),
+                                "max": max(values)}
+        if no_logprobs:
+            summary["note"] = (f"{no_logprobs} record(s) scored from the answer's text: the engine "
+                               "returned no logprobs (method falls back to parsing)")
+        if self._multi_engine():
+            summary["agreement"] = panel_agreement(panel, [_engine_name(e) for e in self.engine])  # type: ignore[union-attr]
+        return summary
+
+
+CRITERIA_MAX_TOKENS = 4
+YES, NO = "yes", "no"
+
+
+def _engine_name(spec: Any) -> str:
+    if isinstance(spec, dict):
+        return str(spec.get("model") or spec.get("type"))
+    return str(spec)
+
+
+def _norm_answer(token: str) -> str:
+    return token.strip().strip(".,:;!\"'*").lower()
+
+
+def answer_yes_probability(positions: list[dict[str, Any]], scan: int = CRITERIA_MAX_TOKENS) -> float | None:
+    """P(yes) / (P(yes) + P(no)) at the first of the first `scan` generated tokens whose
+    likely alternatives include a yes or a no (any case, leading space or not; a
+    model often opens with a newline or "The answer is"). None if none does."""
+    for pos in positions[:scan]:
+        top = pos.get("top") or {}
+        py = sum(math.exp(v) for k, v in top.items() if _norm_answer(k) == YES)
+        pn = sum(math.exp(v) for k, v in top.items() if _norm_answer(k) == NO)
+        if py + pn > 0:
+            return py / (py + pn)
+    return None
+
+
+def parse_yes_no(text: str) -> float | None:
+    """1 for an answer that starts with yes, 0 for no, None otherwise."""
+    m = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
+    return None if m is None else float(m.group(1).lower() == YES)
+
+
+def score_distribution(comp: Completion, lo: float, hi: float, pattern: str) -> dict[int, float] | None:
+    """The normalised probabilities of the integer scores lo..hi at the score token:
+    the token where the answer's last `pattern` match puts its number or, without a
+    match, the first generated token that is an allowed score. None if no position
+    has a score token among its likely alternatives."""
+    positions = comp.top_logprobs or []
+    allowed = {str(v): v for v in range(math.ceil(lo), math.floor(hi) + 1)}
+    starts, pos_at = [], 0
+    for p in positions:  # character offset of every generated token
+        starts.append(pos_at)
+        pos_at += len(p.get("token", ""))
+    target = None
+    matches = list(re.finditer(pattern, comp.text, re.IGNORECASE))
+    if matches:
+        at = matches[-1].start(1)
+        for k, st in enumerate(starts):
+            if st <= at < st + max(len(positions[k].get("token", "")), 1):
+                target = k
+                break
+    if target is None:
+        target = next((k for k, p in enumerate(positions) if p.get("token", "").strip() in allowed), None)
+    if target is None:
+        return None
+    probs: dict[int, float] = {}
+    for tok, lp in (positions[target].get("top") or {}).items():
+        v = allowed.get(tok.strip())
+        if v is not None:
+            probs[v] = probs.get(v, 0.0) + math.exp(lp)
+    z = sum(probs.values())
+    if z <= 0:
+        return None
+    return {v: p / z for v, p in sorted(probs.items())}
+
+
+def expected_value(dist: dict[int, float]) -> float:
+    return float(sum(v * p for v, p in dist.items()))
+
+
+def entropy(dist: dict[int, float]) -> float:
+    """Shannon entropy in bits (0: all mass on one score)."""
+    return float(-sum(p * math.log2(p) for p in dist.values() if p > 0))
+
+
+def binary_entropy(p: float) -> float:
+    return entropy({1: p, 0: 1 - p})
+
+
+# ------------------------------------------------------------------ panels
+
+def _ranks(xs: list[float]) -> list[float]:
+    """Average ranks (ties share the mean of their positions), 1-based."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho: Pearson's correlation of the average ranks (scipy's definition).
+    None when either side is constant or there are fewer than 2 pairs."""
+    if len(x) != len(y) or len(x) < 2:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def krippendorff_alpha_interval(units: list[list[float | None]]) -> float | None:
+    """Krippendorff's alpha with the interval metric (squared differences), for
+    `units[u][c]` = coder c's value for unit u (None: missing). Units with fewer than
+    two values are not pairable and left out (Krippendorff, 2011, "Computing
+    Krippendorff's Alpha-Reliability"). None if nothing is pairable or there is
+    no variation at all."""
+    values = [[v for v in u if v is not None] for u in units]
+    values = [u for u in values if len(u) >= 2]
+    n = sum(len(u) for u in values)
+    if n < 2:
+        return None
+    d_o = sum(sum((a - b) ** 2 for i, a in enumerate(u) for j, b in enumerate(u) if i != j) / (len(u) - 1)
+              for u in values) / n
+    pooled = [v for u in values for v in u]
+    d_e = sum((a - b) ** 2 for i, a in enumerate(pooled) for j, b in enumerate(pooled) if i != j) / (n * (n - 1))
+    if d_e == 0:
+        return None
+    return 1 - d_o / d_e
+
+
+def panel_agreement(panel: list[list[float | None]], names: list[str]) -> dict[str, Any]:
+    """A panel's agreement: Spearman's rho for every pair of judges (over the records
+    both scored) and Krippendorff's alpha (interval) over all of them."""
+    pairs = {}
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            both = [(r[a], r[b]) for r in panel if r[a] is not None and r[b] is not None]
+            rho = spearman([x for x, _ in both], [y for _, y in both])
+            pairs[f"{names[a]} ~ {names[b]}"] = None if rho is None else round(rho, 4)
+    alpha = krippendorff_alpha_interval(panel)
+    return {"judges": names, "records": len(panel), "spearman": pairs,
+            "krippendorff_alpha_interval": None if alpha is None else round(alpha, 4)}
 
 
 def _of(aspect: str, aspects: list[str]) -> str:

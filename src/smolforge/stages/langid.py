@@ -209,10 +209,10 @@ class Language(FilterStage):
         res = Result()
         texts = ["" if (v := rec.get(self.column)) is None else str(v) for rec in batch]
         for rec, (lang, score) in zip(batch, self.detect_many(texts), strict=True):
-            out = {**rec, self.language_column: lang, self.score_column: score}
+            rec[self.language_column], rec[self.score_column] = lang, score
             reason = self._reason(lang, score)
             if reason is None:
-                res.keep(out)
+                res.keep(rec)
             else:
-                res.reject(out, reason)
+                res.reject(rec, reason)
         return res

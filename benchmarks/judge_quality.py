@@ -1,0 +1,122 @@
+"""How well does each judging method separate educational prose from the rest?
+
+Scores benchmarks/data/judge_quality.jsonl (real text from this machine's docs,
+licences, package metadata, configs and mail, plus deterministically corrupted prose;
+every item names its source; see benchmarks/data/build_judge_quality.py) with every
+`judge` method on the bundled SmolLM2-135M, through the real `judge` stage (the same
+code path as a recipe), and prints ONE JSON object: per method, ROC AUC and Spearman's
+rho of the score against the labels (1 educational, 0 not), on the dev and the
+holdout split, plus seconds and the load average.
+
+    python benchmarks/judge_quality.py            # every item (slow on 2 busy cores)
+    python benchmarks/judge_quality.py --quick    # 16 dev + 16 holdout items
+    python benchmarks/judge_quality.py --methods criteria,expected --data my.jsonl
+
+`--data` takes any JSONL with `text` and `label` (and optionally `split`), e.g. a
+labelled set of your own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+HERE = Path(__file__).parent
+DATA = HERE / "data" / "judge_quality.jsonl"
+
+# method name -> judge stage fields (rubric: fineweb-edu throughout)
+METHODS: dict[str, dict] = {
+    # today's default before this benchmark: the generated number, JSON-constrained
+    "parse": {"method": "parse", "structured": True, "max_tokens": 128},
+    # G-Eval: the expected score over the score token's probabilities (score asked first)
+    "expected": {"method": "expected", "structured": True, "justify": False, "max_tokens": 8},
+    # the decomposed rubric: five yes/no criteria, sum of P(yes); chat template
+    "criteria": {"method": "criteria"},
+    # the same without the chat template
+    "criteria_raw": {"method": "criteria", "raw": True},
+    # the same on a longer extract
+    "criteria_1500": {"method": "criteria", "max_chars": 1500},
+}
+
+
+def auc(scores: list[float], labels: list[int]) -> float | None:
+    """ROC AUC = P(score of a random positive > a random negative), ties count half."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def pick(items: list[dict], quick: bool) -> list[dict]:
+    if not quick:
+        return items
+    out = []
+    for split in ("dev", "holdout"):  # balanced: 8 positives, 8 negatives of each split
+        rows = [r for r in items if r.get("split", "dev") == split]
+        for label in (1, 0):
+            out += [r for r in rows if r["label"] == label][:8]
+    return out
+
+
+def score(method: str, items: list[dict], workdir: Path) -> tuple[list[float | None], float]:
+    import smolforge as sf
+    from smolforge.recipe import Recipe
+
+    judge = {"type": "judge", "name": "judge", "rubric": "fineweb-edu", "column": "score",
+             "on_fail": "keep", **METHODS[method]}
+    recipe = Recipe.from_dict({
+        "name": f"judge-quality-{method}", "engine": {"type": "llamacpp", "model": "smollm2-135m"},
+        "shard_size": 1000,
+        "stages": [{"type": "items", "items": [{"text": r["text"], "key": r["id"]} for r in items]}, judge],
+    })
+    t0 = time.perf_counter()
+    run = sf.run(recipe, out=workdir / method)
+    seconds = time.perf_counter() - t0
+    got = {row["key"]: row["score"] for row in run.data().to_pylist()}
+    return [got.get(r["id"]) for r in items], seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="16 dev + 16 holdout items")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
+    args = ap.parse_args()
+    from smolforge.stages.judge import spearman
+
+    items = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    items = pick(items, args.quick)
+    result: dict = {"items": len(items), "data": str(args.data), "model": "smollm2-135m",
+                    "load_average_start": round(os.getloadavg()[0], 2), "methods": {}}
+    with tempfile.TemporaryDirectory(prefix="judge-quality-") as tmp:
+        for method in args.methods.split(","):
+            scores, seconds = score(method, items, Path(tmp))
+            entry: dict = {"seconds": round(seconds, 1), "failed": sum(s is None for s in scores)}
+            for split in ("dev", "holdout", "all"):
+                rows = [(s, r["label"]) for s, r in zip(scores, items)
+                        if split == "all" or r.get("split", "dev") == split]
+                # an unscored item ranks lowest: a judge that fails on an item cannot keep it
+                xs = [s if s is not None else -1.0 for s, _ in rows]
+                ys = [y for _, y in rows]
+                rho = spearman(xs, [float(y) for y in ys])
+                a = auc(xs, ys)
+                entry[split] = {"n": len(rows), "auc": None if a is None else round(a, 3),
+                                "spearman": None if rho is None else round(rho, 3),
+                                "distinct_scores": len(set(xs))}
+            result["methods"][method] = entry
+            print(f"{method}: {json.dumps(entry)}", file=sys.stderr, flush=True)
+    result["load_average_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

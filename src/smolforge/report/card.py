@@ -1,0 +1,271 @@
+"""`export --format hf` and `smolforge push`: a Hugging Face dataset folder with its card.
+
+The folder is what the Hub's dataset viewer and `datasets.load_dataset(DIR)` read:
+`data/<split>-00000-of-00001.parquet` (one file per value of the `split` column,
+which the `split` and `anneal` stages write; `train` when there is none) and a
+`README.md` whose YAML front matter declares the configs, features, splits, size
+category, licence and tags, followed by the card text (the recipe, its teachers
+and their licences, every filter with its counts, decontamination, known limits),
+built from the same figures as `show` and `smolforge report`.
+
+`push` exports into a temporary folder and uploads it with `huggingface_hub`
+(`create_repo`, `upload_folder`); the token comes only from the environment
+(`HF_TOKEN`) and is written nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from smolforge.report.stats import profile, summarize
+from smolforge.store import read_data
+
+SPLIT_COLUMN = "split"
+MARKER = ".smolforge-export.json"
+_SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
+
+
+class CardError(ValueError):
+    pass
+
+
+def size_category(n: int) -> str:
+    """The Hub's `size_categories` bucket for n records."""
+    if n < 1000:
+        return "n<1K"
+    bounds = [(10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"), (10**7, "1M<n<10M"),
+              (10**8, "10M<n<100M"), (10**9, "100M<n<1B")]
+    for hi, name in bounds:
+        if n < hi:
+            return name
+    return "n>1T" if n >= 10**12 else "1B<n<10B"
+
+
+def feature(t: pa.DataType) -> Any:
+    """An Arrow type as the card's `dataset_info.features` YAML (the `datasets` spelling)."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return {"dtype": "string"}
+    if pa.types.is_boolean(t):
+        return {"dtype": "bool"}
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return {"dtype": {"halffloat": "float16", "float": "float32", "double": "float64"}.get(str(t), str(t))}
+    if pa.types.is_null(t):
+        return {"dtype": "null"}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = feature(t.value_type)
+        return {"list": inner.get("dtype", inner)}
+    if pa.types.is_struct(t):
+        return {"struct": [{"name": f.name, **feature(f.type)} for f in t]}
+    return {"dtype": str(t)}
+
+
+def _features(schema: pa.Schema) -> list[dict]:
+    return [{"name": f.name, **feature(f.type)} for f in schema]
+
+
+def _splits(table: pa.Table) -> dict[str, pa.Table]:
+    if SPLIT_COLUMN not in table.column_names:
+        return {"train": table}
+    import pyarrow.compute as pc
+
+    col = table.column(SPLIT_COLUMN)
+    out = {}
+    for name in sorted({str(v) for v in col.to_pylist() if v is not None}):
+        if not _SPLIT_NAME.match(name):
+            raise CardError(f"split name {name!r} is not valid on the Hub (letters, digits, _ and .)")
+        out[name] = table.filter(pc.equal(col, name)).drop_columns([SPLIT_COLUMN])
+    if col.null_count:
+        raise CardError(f"{col.null_count} record(s) have no {SPLIT_COLUMN!r}; set it for every record")
+    return out
+
+
+def _prepare_dir(to: Path) -> None:
+    """Write only into an empty folder or one an earlier export wrote (its files are
+    listed in MARKER and are the only ones removed)."""
+    if to.exists() and not to.is_dir():
+        raise CardError(f"{to}: exists and is not a folder")
+    if to.is_dir() and any(to.iterdir()):
+        marker = to / MARKER
+        if not marker.exists():
+            raise CardError(f"{to}: the folder is not empty and was not written by smolforge export; "
+                            "choose another --to")
+        for rel in json.loads(marker.read_text()).get("files", []):
+            p = to / rel
+            if p.is_file():
+                p.unlink()
+    to.mkdir(parents=True, exist_ok=True)
+
+
+def export_hf(run_dir: str | Path, to: str | Path, licence: str | None = None,
+              tokenizer: str = "auto") -> int:
+    run_dir, to = Path(run_dir), Path(to)
+    table = read_data(run_dir)
+    splits = _splits(table)
+    _prepare_dir(to)
+    (to / "data").mkdir(exist_ok=True)
+    files = []
+    for name, t in splits.items():
+        rel = f"data/{name}-00000-of-00001.parquet"
+        pq.write_table(t, to / rel, compression="zstd")
+        files.append(rel)
+    summary = summarize(run_dir)
+    prof = profile(run_dir, tokenizer=tokenizer, sample_records=0, max_rejects=0, summary=summary)
+    (to / "README.md").write_text(card(summary, prof, splits, licence, _recipe_text(run_dir)), encoding="utf-8")
+    files.append("README.md")
+    (to / MARKER).write_text(json.dumps({"run": str(run_dir), "files": files}, indent=2))
+    return table.num_rows
+
+
+def _recipe_text(run_dir: Path) -> str:
+    try:
+        return (run_dir / "recipe.yaml").read_text()
+    except OSError:
+        return ""
+
+
+def front_matter(summary: dict, splits: dict[str, pa.Table], licence: str | None) -> dict:
+    n = sum(t.num_rows for t in splits.values())
+    schema = next(iter(splits.values())).schema
+    return {
+        "license": licence or "other",
+        "tags": ["synthetic", "smolforge", f"smolforge-recipe-{summary['recipe']}"],
+        "size_categories": [size_category(n)],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}],
+        "dataset_info": {
+            "features": _features(schema),
+            "splits": [{"name": s, "num_examples": t.num_rows} for s, t in splits.items()],
+        },
+    }
+
+
+def _md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str("" if v is None else v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _benchmarks_checked(recipe_text: str) -> list[str]:
+    try:
+        recipe = yaml.safe_load(recipe_text) or {}
+    except yaml.YAMLError:
+        return []
+    names = []
+    for st in recipe.get("stages", []) or []:
+        if st.get("type") == "decontaminate":
+            for b in st.get("benchmarks", []) or []:
+                names.append(b.get("name") or Path(str(b.get("path", "?"))).name)
+    return names
+
+
+def card(summary: dict, prof: dict, splits: dict[str, pa.Table], licence: str | None, recipe_text: str) -> str:
+    s, p = summary, prof
+    fm = yaml.safe_dump(front_matter(s, splits, licence), sort_keys=False, allow_unicode=True)
+    n = sum(t.num_rows for t in splits.values())
+    out = [f"---\n{fm}---\n", f"# {s['recipe']}\n",
+           f"Synthetic data built with smolforge, recipe `{s['recipe']}`: "
+           f"{n} records ({', '.join(f'{k}: {t.num_rows}' for k, t in splits.items())}), "
+           f"{s['completion_tokens']} tokens generated, run finished {s.get('finished_at')} "
+           f"(status `{s['status']}`).\n"]
+    if not licence:
+        out.append("The dataset's own licence is not set (`other`): choose one with "
+                   "`smolforge export --format hf --license ...`, in line with the teachers' terms below.\n")
+
+    out.append("## Teachers and their licences\n")
+    if s.get("teachers"):
+        out.append(_md_table(["teacher", "records", "licence", "training other models on the outputs", "terms"],
+                             [[t["teacher"], t["records"], t["licence_name"], t["training"], t["note"]]
+                              for t in s["teachers"]]) + "\n")
+    else:
+        out.append("No record was generated by a model (real or rule-made text only).\n")
+    for w in s.get("licence_warnings", []):
+        out.append(f"> **Licence warning:** {w['message']}. Affected: every record whose `meta` names this "
+                   f"teacher (e.g. {', '.join(w['example_ids'][:5])}).\n")
+
+    out.append("## Recipe\n")
+    out.append(_md_table(["stage", "type", "in", "kept", "rejected"],
+                         [[r["stage"], r["type"], r["in"], r["out"], r["rejected"]] for r in s["funnel"]]) + "\n")
+    if recipe_text:
+        out.append("<details><summary>recipe.yaml</summary>\n\n```yaml\n" + recipe_text.strip() + "\n```\n</details>\n")
+
+    out.append("## Filters and their counts\n")
+    rows = [[g["stage"], g["reason"], g["count"], g["kind"]] for g in s["rejects"]]
+    out.append(_md_table(["stage", "rule", "records dropped", "kind"], rows) + "\n" if rows
+               else "No record was dropped.\n")
+
+    out.append("## Decontamination\n")
+    checked = _benchmarks_checked(recipe_text)
+    hits = s.get("contamination", {})
+    if checked or hits:
+        out.append(_md_table(["benchmark", "records removed"],
+                             [[b, hits.get(b, 0)] for b in dict.fromkeys(checked + list(hits))]) + "\n")
+    else:
+        out.append("**No decontamination stage ran**: records were not checked against any benchmark.\n")
+
+    out.append("## Statistics\n")
+    d, px = p["diversity"], p["proxy_words"]
+    stats = [["records", n], [f"mean length ({p['tokenizer']})", p["lengths"].get("mean")],
+             ["distinct-1 / distinct-2", f"{d['distinct_1']} / {d['distinct_2']}"],
+             ["compression ratio (raw / gzip)", d["compression_ratio"]]]
+    for k, v in px["per_1000_words"].items():
+        stats.append([f"AI proxy words ({k}) per 1,000 words", f"{v} (reference {px['reference']['per_1000_words'][k]})"])
+    for c, h in p["scores"].items():
+        if h.get("n"):
+            stats.append([f"{c}: mean (min-max)", f"{h['mean']} ({h['min']}-{h['max']})"])
+    out.append(_md_table(["figure", "value"], stats) + "\n")
+    if d["openings"]:
+        out.append("Most common openings: " + "; ".join(f"\"{o['opening']}\" x{o['count']}"
+                                                         for o in d["openings"][:5]) + ".\n")
+
+    out.append("## Known limits\n")
+    limits = [
+        "Synthetic text can be fluent and wrong: scores from an LLM judge are a model's opinion, "
+        "not verification.",
+        "Licence entries come from GGUF metadata, the engine configuration or smolforge's table of model "
+        "families: a summary for review, not legal advice.",
+        "Decontamination matches word n-grams: paraphrased benchmark items can pass.",
+        f"Proxy-word rates are compared with technical documentation ({px['reference']['corpus']}); "
+        "genre differences move them too.",
+    ]
+    fails = s.get("engine_failures") or {}
+    if fails.get("records"):
+        limits.append(f"{fails['records']} record(s) failed for engine reasons and are missing.")
+    if s["status"] != "done":
+        limits.append(f"The run's status is `{s['status']}`: the data may be incomplete.")
+    out.append("\n".join(f"- {x}" for x in limits) + "\n")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ push
+
+
+def push(run_dir: str | Path, repo_id: str, private: bool = False, licence: str | None = None,
+         endpoint: str | None = None) -> str:
+    """Export `run_dir` as a dataset folder and upload it to `repo_id`; returns the
+    commit URL. The token is read from HF_TOKEN and only handed to huggingface_hub."""
+    from huggingface_hub import HfApi
+
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise CardError("set HF_TOKEN in the environment to push (the token is never written anywhere)")
+    api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
+    with tempfile.TemporaryDirectory(prefix="smolforge-push-") as tmp:
+        export_hf(run_dir, Path(tmp) / "dataset", licence=licence)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(Path(tmp) / "dataset"), repo_id=repo_id, repo_type="dataset",
+                                 commit_message=f"smolforge: {Path(run_dir).name}",
+                                 ignore_patterns=[MARKER])
+    return str(getattr(info, "commit_url", info))
+

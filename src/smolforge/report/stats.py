@@ -1,0 +1,595 @@
+"""Figures about a run, computed from its directory (manifest, data, rejects).
+
+`summarize` is what `show` prints (and `show --json` emits): stages, the funnel,
+rejects by stage and rule, knobs, teachers and their licences. `profile` adds what
+the HTML report and the dataset card show: score histograms, lengths in tokens,
+knob coverage, per-teacher figures, diversity, AI proxy words, dedup clusters and a
+sample of records and rejects. Both read the data batch by batch, so memory stays
+bounded for big runs; text statistics stop after `max_records` records (said in the
+output).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import statistics
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smolforge.licences import Licence, by_id, model_licence
+from smolforge.stages.base import is_engine_error
+from smolforge.store import data_files
+
+_PAREN = re.compile(r"\s*\([^()]*\)\s*$")
+_QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
+_ID = re.compile(r"\b\w+-\d{6}(?:\.\w+)*\b")
+_NUM = re.compile(r"-?\d+(?:\.\d+)?")
+_DUP_OF = re.compile(r"\bduplicate of (\w+-\d{6}(?:\.\w+)*)")
+_WORD = re.compile(r"\w+")
+
+
+def reason_group(reason: str) -> str:
+    """Collapse the record-specific parts of a reason (raw answers, trailing
+    details, ids and numbers outside quotes) so that drops group by rule."""
+    head = reason.split(": '", 1)[0].split(': "', 1)[0]
+    head = _PAREN.sub("", head)
+    parts = _QUOTED.split(head)
+    return "".join(
+        p if i % 2 else _NUM.sub("<n>", _ID.sub("<id>", p)) for i, p in enumerate(parts)
+    ).strip()
+
+
+def reject_key(stage: str, reason: str) -> tuple[str, str]:
+    """(stage, group) of one reject; contamination groups by benchmark."""
+    if reason.startswith("contaminated: "):
+        bench = reason[len("contaminated: "):].split(" item ", 1)[0]
+        return stage, f"contaminated: {bench}"
+    return stage, reason_group(reason)
+
+
+def count_knobs(metas: list[str | None], counts: dict[str, Counter]) -> None:
+    """Add each knob value (`meta.knobs`: audience, style, persona, round ...) to `counts`."""
+    for m in metas:
+        for k, v in (json.loads(m) if m else {}).get("knobs", {}).items():
+            counts.setdefault(k, Counter())[v] += 1
+
+
+def first_five(text: str) -> str:
+    """The first five words (splitting only the start of a long text)."""
+    words = text[:400].split()
+    if len(words) <= 5 and len(text) > 400:
+        words = text.split()
+    return " ".join(words[:5])
+
+
+def teachers_of(meta: dict) -> list[dict]:
+    """The generations in a record's provenance: dicts with a `model` and a
+    `finish_reason` (generate, magpie, instruct ... write these), judges excluded
+    (a judge's words are not in the data)."""
+    found: list[dict] = []
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            if "model" in node and ("finish_reason" in node or "tokens" in node):
+                found.append({"stage": key, "engine": node.get("engine"), "model": node.get("model"),
+                              "licence": node.get("licence")})
+                return
+            for k, v in node.items():
+                if k not in ("judges", "knobs", "sampling"):
+                    walk(v, key or k)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+
+    walk(meta, "")
+    return found
+
+
+def teacher_name(t: dict) -> str:
+    return f"{t.get('engine') or '?'}:{t.get('model') or '?'}"
+
+
+def teacher_key(t: dict) -> str:
+    """One teacher per model and licence (the same file can be declared differently)."""
+    return teacher_name(t) + (f" [{t['licence']}]" if t.get("licence") else "")
+
+
+def _licence_of(t: dict, manifest_engines: list[dict]) -> Licence:
+    if t.get("licence"):
+        return by_id(t["licence"], "meta")
+    for e in manifest_engines:  # configured in the recipe, for stages that don't record it
+        if e.get("model") == t.get("model") and e.get("licence"):
+            return by_id(e["licence"], "config")
+    return model_licence(t.get("model"), t.get("engine") == "llamacpp")
+
+
+def _iter_rejects(run_dir: Path, columns: list[str]) -> Iterator[dict]:
+    path = run_dir / "rejects" / "rejects.parquet"
+    if path.exists():
+        for b in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=columns):
+            yield from b.to_pylist()
+
+
+def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
+    """Everything `show` prints: stages (with their `summary`), the funnel, rejects
+    grouped by stage and rule, contamination per benchmark, knobs, first words,
+    teachers with their licences and the licence warnings, sample records."""
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    out: dict[str, Any] = {
+        "run": str(run_dir),
+        "recipe": manifest.get("recipe"),
+        "status": manifest.get("status"),
+        "started_at": manifest.get("started_at"),
+        "finished_at": manifest.get("finished_at"),
+        "attempts": len(manifest.get("attempts", [])),
+        "stages": manifest.get("stages", []),
+        "data": manifest.get("data", {}),
+        "engine_failures": manifest.get("engine_failures", {"requests": 0, "records": 0}),
+        "target": manifest.get("target"),  # `target: {records: N}`: the rounds it took
+        "engines": [
+            {k: e.get(k) for k in ("type", "model", "base_url", "licence") if e.get(k) is not None}
+            for e in manifest.get("engines", [])
+        ],
+    }
+    for e, spec in zip(out["engines"], manifest.get("engines", [])):  # every engine's licence, resolved
+        lic = (by_id(spec["licence"]) if spec.get("licence")
+               else model_licence(spec.get("model"), spec.get("type") == "llamacpp"))
+        e["licence"], e["training"] = lic.id, lic.training
+    stages = out["stages"]
+    out["completion_tokens"] = sum(s.get("completion_tokens", 0) for s in stages)
+    llm_secs = sum(s.get("seconds", 0) for s in stages if s.get("completion_tokens"))
+    out["tokens_per_s"] = round(out["completion_tokens"] / llm_secs, 1) if llm_secs else None
+    groups: Counter = Counter()
+    leaks: Counter = Counter()
+    examples: dict[tuple, str] = {}
+    for r in _iter_rejects(run_dir, ["stage", "reason"]):
+        key = reject_key(r["stage"], r["reason"])
+        if key[1].startswith("contaminated: "):
+            leaks[key[1][len("contaminated: "):]] += 1
+        groups[key] += 1
+        examples.setdefault(key, r["reason"])
+    out["contamination"] = dict(leaks)
+    # Engine failures are not quality drops: a re-run retries them.
+    out["rejects"] = [
+        {"stage": s, "reason": g, "count": n, "example": examples[(s, g)][:300],
+         "kind": "engine" if is_engine_error(examples[(s, g)]) else "quality"}
+        for (s, g), n in groups.most_common()
+    ]
+    out["quality_rejects"] = sum(g["count"] for g in out["rejects"] if g["kind"] == "quality")
+    out["funnel"] = funnel(stages, out["rejects"])
+    out["samples"] = []
+    knobs: dict[str, Counter] = {}
+    first_words: Counter = Counter()
+    teachers: dict[str, dict] = {}
+    has_meta = has_text = False
+    seen: dict[str | None, tuple[list, list[dict]]] = {}
+    for path in data_files(run_dir):  # batch by batch: memory stays bounded for big runs
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        if len(out["samples"]) < samples and pf.metadata.num_rows:
+            rows = next(pf.iter_batches(batch_size=samples - len(out["samples"]))).to_pylist()
+            for r in rows:
+                r.pop("meta", None)
+            out["samples"] += rows
+        cols = [c for c in ("id", "meta", "text") if c in names]
+        has_meta, has_text = has_meta or "meta" in cols, has_text or "text" in cols
+        for batch in pf.iter_batches(batch_size=65536, columns=cols) if cols else ():
+            if "meta" in cols:
+                metas = batch.column("meta").to_pylist()
+                ids = batch.column("id").to_pylist() if "id" in cols else [None] * len(metas)
+                for rid, m in zip(ids, metas):
+                    # Provenance repeats (a source's rows share theirs): decode each once.
+                    if (parsed := seen.get(m)) is None:
+                        meta = json.loads(m) if m else {}
+                        parsed = seen[m] = (list(meta.get("knobs", {}).items()), teachers_of(meta))
+                        if len(seen) > 4096:
+                            seen.clear()
+                    knob_items, found = parsed
+                    for k, v in knob_items:
+                        knobs.setdefault(k, Counter())[v] += 1
+                    for t in found:
+                        entry = teachers.setdefault(teacher_key(t), {**t, "records": 0, "ids": []})
+                        entry["records"] += 1
+                        entry["licence"] = entry.get("licence") or t.get("licence")
+                        if len(entry["ids"]) < 20 and rid is not None:
+                            entry["ids"].append(rid)
+            if "text" in cols:
+                first_words.update(first_five(str(t or "")) for t in batch.column("text").to_pylist())
+    if has_meta:
+        out["knobs"] = {k: c.most_common(10) for k, c in knobs.items()}
+    if has_text:
+        out["first_words"] = first_words.most_common(5)
+    out["teachers"], out["licence_warnings"] = _licences(teachers, manifest.get("engines", []))
+    return out
+
+
+def funnel(stages: list[dict], rejects: list[dict]) -> list[dict]:
+    """Per stage: records in, kept, rejected by rule, and records the stage created
+    (fan-out, real records added by a mix): in + added = kept + rejected, exactly."""
+    rows = []
+    for s in stages:
+        reasons = [{"reason": g["reason"], "count": g["count"], "kind": g["kind"]}
+                   for g in rejects if g["stage"] == s["name"]]
+        n_in, n_out, n_rej = s.get("in", 0), s.get("out", 0), s.get("rejected", 0)
+        rows.append({"stage": s["name"], "type": s.get("type"), "in": n_in, "out": n_out,
+                     "rejected": n_rej, "added": n_out + n_rej - n_in, "reasons": reasons})
+    return rows
+
+
+def _licences(teachers: dict[str, dict], engines: list[dict]) -> tuple[list[dict], list[dict]]:
+    rows, warnings = [], []
+    for key, t in sorted(teachers.items()):
+        lic = _licence_of(t, engines)
+        name = teacher_name(t)
+        rows.append({"teacher": name, "key": key, "engine": t["engine"], "model": t["model"], "records": t["records"],
+                     "licence": lic.id, "licence_name": lic.name, "training": lic.training,
+                     "note": lic.note, "url": lic.url, "licence_source": lic.source})
+        if lic.warns:
+            warnings.append({
+                "teacher": name, "licence": lic.id, "training": lic.training, "note": lic.note,
+                "records": t["records"], "example_ids": t["ids"],
+                "message": f"{t['records']} record(s) come from {name} under {lic.name} "
+                           f"({lic.training}): {lic.note}",
+            })
+    return rows, warnings
+
+
+def list_rejects(run_dir: str | Path, stage: str | None = None, reason: str | None = None,
+                 limit: int | None = None) -> list[dict]:
+    """Rejected records, optionally of one stage and whose reason contains `reason`
+    (or whose rule group equals it); each with its stage, reason, rule and record."""
+    out = []
+    for r in _iter_rejects(Path(run_dir), ["id", "stage", "reason", "record"]):
+        if stage is not None and r["stage"] != stage:
+            continue
+        group = reject_key(r["stage"], r["reason"])[1]
+        if reason is not None and reason not in r["reason"] and reason != group:
+            continue
+        try:
+            rec = json.loads(r["record"])
+        except (TypeError, ValueError):
+            rec = {"raw": r["record"]}
+        out.append({"id": r["id"], "stage": r["stage"], "reason": r["reason"], "rule": group, "record": rec})
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+# ------------------------------------------------------------------ profile
+
+
+class Tokens:
+    """Token counts: the bundled SmolLM2 tokenizer (llama.cpp, vocabulary only) when
+    available, else an approximation of 4 characters per token."""
+
+    def __init__(self, kind: str = "auto"):
+        if kind not in ("auto", "smollm2", "approx"):
+            raise ValueError(f"unknown tokenizer {kind!r} (auto, smollm2, approx)")
+        self.kind = kind
+        self._llama = None
+        self._loaded = kind == "approx"
+        self.name = "approximate: characters / 4"
+        if kind == "smollm2":
+            self._load()
+
+    def _load(self) -> None:
+        """Load the vocabulary on first use (a run without text never pays for it)."""
+        self._loaded = True
+        try:
+            import llama_cpp
+
+            from smolforge.engines.models import resolve_model_path
+
+            with _quiet_stderr():  # llama.cpp warns about the context of a vocabulary-only load
+                self._llama = llama_cpp.Llama(str(resolve_model_path("smollm2-135m")), vocab_only=True,
+                                              verbose=False)
+            self.name = "SmolLM2-135M tokenizer (bundled GGUF vocabulary)"
+        except Exception:
+            if self.kind == "smollm2":
+                raise
+
+    def __call__(self, text: str) -> int:
+        if not self._loaded:
+            self._load()
+        if self._llama is not None:
+            return len(self._llama.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
+        return approx_tokens(text)
+
+    def close(self) -> None:
+        if self._llama is not None:
+            self._llama.close()
+            self._llama = None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence C-level writes to stderr (file descriptor 2) for a moment."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def approx_tokens(text: str) -> int:
+    return math.ceil(len(text or "") / 4)
+
+
+def histogram(values: list[float], bins: int = 10) -> dict:
+    """Counts per value for small integer ranges (judge scores), else `bins` equal bins."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"n": 0, "bins": []}
+    lo, hi = min(vals), max(vals)
+    stats = {"n": len(vals), "min": lo, "max": hi, "mean": round(statistics.fmean(vals), 4),
+             "median": statistics.median(vals)}
+    if all(v.is_integer() for v in vals) and hi - lo <= 20:
+        c = Counter(vals)
+        stats["bins"] = [{"lo": v, "hi": v, "label": f"{v:g}", "count": c.get(v, 0)}
+                         for v in (lo + k for k in range(int(hi - lo) + 1))]
+        return stats
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in vals:
+        counts[min(int((v - lo) / width), bins - 1)] += 1
+    stats["bins"] = [{"lo": round(lo + k * width, 4), "hi": round(lo + (k + 1) * width, 4),
+                      "label": f"{lo + k * width:.3g}-{lo + (k + 1) * width:.3g}", "count": n}
+                     for k, n in enumerate(counts)]
+    return stats
+
+
+class Diversity:
+    """distinct-1/2 (Li et al. 2016: distinct n-grams / all n-grams, lower-cased
+    words) and the compression ratio of Shaib et al. 2024 (raw bytes / gzip bytes of
+    all texts joined: repetitive text compresses more, so a higher ratio is less
+    diverse), plus the most common three-word openings."""
+
+    def __init__(self) -> None:
+        self.uni: set[str] = set()
+        self.bi: set[tuple[str, str]] = set()
+        self.n_uni = self.n_bi = 0
+        self.raw = 0
+        self._gz = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip format
+        self.gz = 0
+        self.openings: Counter = Counter()
+        self.texts = 0
+
+    def add(self, text: str) -> None:
+        w = [x.lower() for x in _WORD.findall(text)]
+        self.uni.update(w)
+        self.bi.update(zip(w, w[1:]))
+        self.n_uni += len(w)
+        self.n_bi += max(len(w) - 1, 0)
+        data = (text + "\n").encode("utf-8", "replace")
+        self.raw += len(data)
+        self.gz += len(self._gz.compress(data))
+        self.openings[" ".join(text.split()[:3])] += 1
+        self.texts += 1
+
+    def result(self) -> dict:
+        gz = self.gz + len(self._gz.flush())
+        top = self.openings.most_common(10)
+        return {
+            "texts": self.texts,
+            "distinct_1": round(len(self.uni) / self.n_uni, 4) if self.n_uni else None,
+            "distinct_2": round(len(self.bi) / self.n_bi, 4) if self.n_bi else None,
+            "compression_ratio": round(self.raw / gz, 4) if gz else None,
+            "openings": [{"opening": o, "count": n} for o, n in top],
+            "top10_openings_share": round(sum(n for _, n in top) / self.texts, 4) if self.texts else None,
+        }
+
+
+def _score_columns(schema: pa.Schema, recipe: dict) -> list[str]:
+    declared = []
+    for st in recipe.get("stages", []) or []:
+        if st.get("type") == "judge":
+            declared.append(st.get("column", "score"))
+        elif "classif" in str(st.get("type")) or st.get("type") == "score":
+            declared += [st.get("score_column", "score")] + list(st.get("model_columns") or [])
+    numeric = {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)}
+    found = [c for c in declared if c in numeric]
+    found += sorted(c for c in numeric if "score" in c and not c.endswith("_spread") and c not in found)
+    return list(dict.fromkeys(found))
+
+
+def _recipe(run_dir: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _short(rec: dict, limit: int = 2000) -> dict:
+    return {k: (v[:limit] + "…" if isinstance(v, str) and len(v) > limit else v)
+            for k, v in rec.items() if k != "meta"}
+
+
+def _source_knobs(run_dir: Path) -> Counter | None:
+    """Knob combinations the first stage produced (before any filter)."""
+    dirs = sorted((run_dir / "stages").glob("00-*"))
+    if not dirs:
+        return None
+    combos: Counter = Counter()
+    for path in sorted(dirs[0].glob("shard-*[0-9].parquet")):
+        pf = pq.ParquetFile(path)
+        if "meta" not in pf.schema_arrow.names:
+            return None
+        for b in pf.iter_batches(batch_size=65536, columns=["meta"]):
+            for m in b.column("meta").to_pylist():
+                k = (json.loads(m) if m else {}).get("knobs")
+                if k:
+                    combos[_combo(k)] += 1
+    return combos
+
+
+def _combo(knobs: dict) -> str:
+    return " | ".join(f"{k}={v}" for k, v in sorted(knobs.items()))
+
+
+def profile(run_dir: str | Path, *, column: str = "text", tokenizer: str = "auto",
+            max_records: int = 20000, sample_records: int = 200, rejects_per_rule: int = 20,
+            max_rejects: int = 500, summary: dict | None = None) -> dict[str, Any]:
+    """The report's figures (see the module docstring); `summary` is `summarize`'s."""
+    from smolforge.report.proxy import ProxyCounter, reference
+
+    run_dir = Path(run_dir)
+    summary = summary or summarize(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    recipe = _recipe(run_dir)
+    files = data_files(run_dir)
+    schema = pq.read_schema(files[0]) if files else pa.schema([])
+    scores = _score_columns(schema, recipe)
+    score_vals: dict[str, list] = {c: [] for c in scores}
+    tok = Tokens(tokenizer)
+    lengths: list[int] = []
+    div = Diversity()
+    proxy = ProxyCounter()
+    combos: Counter = Counter()
+    knob_names: set[str] = set()
+    per_teacher: dict[str, dict] = {}
+    samples: list[dict] = []
+    seen = 0
+    total = 0
+    has_text = column in schema.names
+    try:
+        for path in files:
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+            for batch in pf.iter_batches(batch_size=4096):
+                rows = batch.to_pylist()
+                total += len(rows)
+                for r in rows:
+                    for c in scores:
+                        if c in names:
+                            score_vals[c].append(r.get(c))
+                    meta = json.loads(r["meta"]) if isinstance(r.get("meta"), str) and r["meta"] else {}
+                    if meta.get("knobs"):
+                        combos[_combo(meta["knobs"])] += 1
+                        knob_names |= set(meta["knobs"])
+                    if len(samples) < sample_records:
+                        samples.append({"kind": "kept", "stage": "", "reason": "", "id": r.get("id"),
+                                        "record": _short(r)})
+                    if seen >= max_records:
+                        continue
+                    text = r.get(column)
+                    if not has_text or not isinstance(text, str):
+                        continue
+                    seen += 1
+                    n_tok = tok(text)
+                    lengths.append(n_tok)
+                    div.add(text)
+                    hits = proxy.add(text)
+                    for t in teachers_of(meta) or [{"engine": None, "model": None}]:
+                        name = teacher_key(t) if t.get("model") else "no teacher (real / source text)"
+                        e = per_teacher.setdefault(name, {"kept": 0, "tokens": [], "proxy": 0, "words": 0,
+                                                          "scores": {c: [] for c in scores}, "div": Diversity()})
+                        e["kept"] += 1
+                        e["tokens"].append(n_tok)
+                        e["proxy"] += hits
+                        e["words"] += len(re.findall(r"[a-z]+", text.lower()))
+                        e["div"].add(text)
+                        for c in scores:
+                            if isinstance(r.get(c), (int, float)):
+                                e["scores"][c].append(r[c])
+    finally:
+        tok.close()
+
+    # rejects: per teacher, dedup clusters, a sample per rule
+    rej_teacher: Counter = Counter()
+    clusters: dict[str, Counter] = {}
+    per_rule: Counter = Counter()
+    reject_samples: list[dict] = []
+    for r in _iter_rejects(run_dir, ["id", "stage", "reason", "record"]):
+        m = _DUP_OF.search(r["reason"])
+        if m:
+            clusters.setdefault(r["stage"], Counter())[m.group(1)] += 1
+        try:
+            rec = json.loads(r["record"])
+        except (TypeError, ValueError):
+            rec = {"raw": r["record"]}
+        meta = rec.get("meta") if isinstance(rec, dict) and isinstance(rec.get("meta"), dict) else {}
+        for t in teachers_of(meta):
+            rej_teacher[teacher_key(t)] += 1
+        key = reject_key(r["stage"], r["reason"])
+        if per_rule[key] < rejects_per_rule and len(reject_samples) < max_rejects:
+            per_rule[key] += 1
+            reject_samples.append({"kind": "rejected", "stage": r["stage"], "reason": r["reason"],
+                                   "rule": key[1], "id": r["id"],
+                                   "record": _short(rec) if isinstance(rec, dict) else {"raw": rec}})
+
+    ref = reference()
+    prox = proxy.result()
+    prox["reference"] = {"corpus": ref["corpus"], "method": ref["method"], "words": ref["words"],
+                         "per_1000_words": ref["per_1000_words"], "entries": ref["entries"]}
+    prox["ratio_to_reference"] = {
+        k: (round(v / ref["per_1000_words"][k], 2) if ref["per_1000_words"].get(k) else None)
+        for k, v in prox["per_1000_words"].items()}
+
+    teachers = []
+    lic_by_name = {t["key"]: t for t in summary.get("teachers", [])}
+    for name, e in sorted(per_teacher.items()):
+        kept, rej = e["kept"], rej_teacher.get(name, 0)
+        d = e["div"].result()
+        teachers.append({
+            "teacher": name, "kept": kept, "rejected": rej,
+            "keep_rate": round(kept / (kept + rej), 4) if kept + rej else None,
+            "mean_tokens": round(statistics.fmean(e["tokens"]), 1) if e["tokens"] else None,
+            "mean_scores": {c: round(statistics.fmean(v), 3) for c, v in e["scores"].items() if v},
+            "proxy_per_1000_words": round(e["proxy"] * 1000 / e["words"], 3) if e["words"] else None,
+            "distinct_2": d["distinct_2"],
+            "licence": lic_by_name.get(name, {}).get("licence"),
+            "training": lic_by_name.get(name, {}).get("training"),
+        })
+    source = _source_knobs(run_dir)
+    coverage: dict[str, Any] | None = None
+    if combos or source:
+        produced = set(source or {})
+        coverage = {
+            "knobs": sorted(knob_names),
+            "combinations_kept": len(combos),
+            "combinations_generated": len(produced) if source is not None else None,
+            "lost": sorted(produced - set(combos))[:50],
+            "kept": [{"combination": c, "count": n, "generated": (source or {}).get(c)}
+                     for c, n in combos.most_common()][:200],
+        }
+    dedup = {st: {"clusters": len(c), "removed": sum(c.values()),
+                  "sizes": dict(sorted(Counter(n + 1 for n in c.values()).items())),
+                  "largest": [{"kept": k, "size": n + 1} for k, n in c.most_common(5)]}
+             for st, c in clusters.items()}
+    return {
+        "column": column if has_text else None,
+        "records": total,
+        "text_records_profiled": seen,
+        "max_records": max_records,
+        "tokenizer": tok.name,
+        "lengths": histogram(lengths) if lengths else {"n": 0, "bins": []},
+        "scores": {c: histogram(v) for c, v in score_vals.items()},
+        "diversity": div.result(),
+        "proxy_words": prox,
+        "teachers": teachers,
+        "knob_coverage": coverage,
+        "dedup_clusters": dedup,
+        "contamination": summary.get("contamination", {}),
+        "stage_summaries": {s["name"]: s["summary"] for s in manifest.get("stages", []) if s.get("summary")},
+        "samples": samples + reject_samples,
+    }

@@ -1,0 +1,285 @@
+"""The code sandbox (smolforge.sandbox), attacked for real: every test runs hostile
+code in the real bubblewrap sandbox and checks both the reported reason and that
+the host is unaffected (files, processes, listeners, memory).
+
+Needs bubblewrap (Debian `bubblewrap`) and util-linux `setpriv`; as root the sandbox
+drops to uid 65534, otherwise bwrap runs unprivileged in a user namespace. The
+host-side sentinel of the kill(-1) test needs root (it runs as the sandbox's uid)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from smolforge.sandbox import Job, Limits, SandboxUnavailable, open_sandbox
+from smolforge.sandbox import bwrap as bwrap_mod
+
+LIMITS = Limits(wall_s=20, cpu_s=2, memory_mb=256, processes=12, output_limit=1 << 20, output_tail=500)
+ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with open_sandbox("bwrap", limits=LIMITS, workers=1) as s:
+        yield s
+
+
+def descendants(pid: int) -> list[int]:
+    """Host pids below `pid` (its whole process tree)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def tree(sb) -> int:
+    w = sb._all[0]
+    if w.proc is None:
+        w.start()
+    return len(descendants(w.proc.pid))
+
+
+def host_cmdlines(marker: str) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker.encode() in (d / "cmdline").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return [p for p in found if p != os.getpid()]
+
+
+def run(sb, code: str, tests: str = "assert True", **lim):
+    limits = LIMITS.model_copy(update=lim) if lim else None
+    return sb.run_one(Job(code=code, tests=tests), limits)
+
+
+def test_ordinary_code_passes_and_fails_per_test(sb):
+    ok = run(sb, "def add(a, b):\n    return a + b\nprint('hello')",
+             "assert add(1, 2) == 3\nassert add(2, 2) == 5\n\ndef test_zero():\n    assert add(0, 0) == 0\n",
+             )
+    # top-level asserts and test functions are each a test, in order
+    assert ok.reason == "failed" and not ok.passed and ok.stdout == "hello\n"
+    assert [(t.name, t.passed) for t in ok.tests] == [
+        ("line 1: assert add(1, 2) == 3", True), ("line 2: assert add(2, 2) == 5", False), ("test_zero", True)]
+    assert ok.summary().startswith("failed 1/3 test(s): line 2: assert add(2, 2) == 5: AssertionError")
+    bad = run(sb, "def add(a, b):\n    return a - b", "assert add(1, 2) == 3\nassert add(2, 0) == 2\n")
+    assert bad.reason == "failed" and [t.passed for t in bad.tests] == [False, True]
+    assert "line 1: assert add(1, 2) == 3" in bad.summary() and "AssertionError" in bad.summary()
+
+
+def test_fork_bomb(sb):
+    base = tree(sb)
+    t0 = time.monotonic()
+    res = run(sb, "import os\nwhile True:\n    os.fork()")
+    assert res.reason == "processes", res.summary()
+    assert "fork" in res.summary() or "process limit" in res.summary()
+    assert time.monotonic() - t0 < 15
+    # host: nothing left below the sandbox beyond its own init + server, and we can still fork
+    assert tree(sb) == base
+    assert subprocess.run(["/usr/bin/true"]).returncode == 0
+
+
+def test_memory_bomb(sb):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = run(sb, "a = []\nwhile True:\n    a.append(bytearray(10**7))", memory_mb=128, cpu_s=10)
+    assert res.reason == "memory", res.summary()
+    assert res.max_rss_kb < 140 * 1024
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # host process untouched
+    one_shot = run(sb, "x = bytearray(10**10)", memory_mb=128)
+    assert one_shot.reason == "memory" and "MemoryError" in one_shot.summary()
+
+
+def test_infinite_loop_cpu_and_sleep_wall(sb):
+    res = run(sb, "while True:\n    pass", cpu_s=1)
+    assert res.reason == "cpu_time" and res.cpu_s >= 0.9, res.summary()
+    t0 = time.monotonic()
+    slept = run(sb, "import time\ntime.sleep(60)", wall_s=1)
+    assert slept.reason == "wall_time" and time.monotonic() - t0 < 10, slept.summary()
+
+
+def test_busy_loop_in_signal_handlers(sb):
+    code = (
+        "import signal\n"
+        "def spin(*a):\n"
+        "    while True:\n"
+        "        pass\n"
+        "for s in (signal.SIGALRM, signal.SIGTERM, signal.SIGXCPU, signal.SIGINT):\n"
+        "    signal.signal(s, spin)\n"
+        "signal.alarm(1)\n"
+        "while True:\n"
+        "    pass\n"
+    )
+    res = run(sb, code, cpu_s=1)
+    assert res.reason == "cpu_time" and res.signal == "SIGKILL", res.summary()
+    # SIGTERM ignored and no CPU used: the wall-time SIGKILL still ends it
+    t0 = time.monotonic()
+    res = run(sb, "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                  "while True:\n    time.sleep(0.01)", wall_s=1)
+    assert res.reason == "wall_time" and time.monotonic() - t0 < 10, res.summary()
+
+
+def test_writes_outside_the_temp_dir(sb, tmp_path):
+    target = tmp_path / "pwned"
+    paths = [str(target), "/usr/pwned", "/pwned", "/etc/pwned", "/dev/pwned", "/proc/pwned", "/sandbox/pwned"]
+    code = (
+        "import os\nfailed = []\n"
+        f"for p in {paths!r}:\n"
+        "    try:\n"
+        "        open(p, 'w').write('x')\n"
+        "    except OSError as e:\n"
+        "        failed.append(p)\n"
+        "open('mine.txt', 'w').write('ok')\n"
+    )
+    res = run(sb, code, f"assert failed == {paths!r}\nassert open('mine.txt').read() == 'ok'")
+    assert res.passed, res.summary()
+    assert not target.exists() and not Path("/pwned").exists() and not Path("/usr/pwned").exists()
+    # a direct write to a host path is reported, and the host file never appears
+    direct = run(sb, f"open({str(target)!r}, 'w').write('x')")
+    assert direct.reason == "error" and "FileNotFoundError" in direct.summary()
+    assert not target.exists()
+    # and the work dir is fresh each run: the previous run's file is gone
+    assert run(sb, "import os", "assert not os.path.exists('mine.txt')").passed
+
+
+def test_secrets_are_invisible(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    canary = home / ".ssh" / "id_rsa"
+    canary.write_text("CANARY-PRIVATE-KEY-7781")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SMOLFORGE_TEST_SECRET", "CANARY-ENV-4417")
+    code = (
+        "import os\nleaks = []\n"
+        f"for p in [os.path.expanduser('~/.ssh/id_rsa'), {str(canary)!r}, '/etc/shadow', '/root/.ssh',"
+        f" '/root', {str(Path.cwd())!r}, '/work', '/home']:\n"
+        "    try:\n"
+        "        leaks.append((p, open(p).read() if os.path.isfile(p) else os.listdir(p)))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "env = dict(os.environ)\nprint(leaks, env)\n"
+    )
+    with open_sandbox("bwrap", limits=LIMITS, workers=1) as s:
+        res = s.run_one(Job(code, "assert leaks == []\nassert 'SMOLFORGE_TEST_SECRET' not in env"))
+    assert res.passed, res.summary()
+    assert "CANARY" not in res.stdout and "CANARY" not in res.stderr
+    # reading the shadow file is reported with the error that stopped it
+    with open_sandbox("bwrap", limits=LIMITS, workers=1) as s:
+        shadow = s.run_one(Job("print(open('/etc/shadow').read())", "assert True"))
+    assert shadow.reason == "error" and "/etc/shadow" in shadow.summary()
+
+
+@pytest.mark.parametrize("seccomp", [True, False])
+def test_sockets_reach_nothing(seccomp):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    code = (
+        "import socket\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+        "s.sendall(b'exfiltrated')\n"
+    )
+    try:
+        with open_sandbox("bwrap", limits=LIMITS, workers=1, seccomp=seccomp) as s:
+            res = s.run_one(Job(code, "assert True"))
+            udp = s.run_one(Job(f"import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                                f".sendto(b'x', ('127.0.0.1', {port}))", "assert True"))
+        assert res.reason == "network", res.summary()
+        # with seccomp, socket() itself fails; without it, the empty namespace refuses
+        assert ("Address family not supported" in res.summary()) == seccomp
+        assert udp.reason == ("network" if seccomp else "passed"), udp.summary()  # UDP to its own lo: lost
+        readable, _, _ = select.select([listener], [], [], 0.2)
+        assert readable == []  # the host listener never saw a connection
+    finally:
+        listener.close()
+
+
+def test_killing_the_parent(sb):
+    sentinel = None
+    if ROOT:  # a host process with the sandbox's own uid: kill(-1) would reach it without the pid namespace
+        sentinel = subprocess.Popen(["setpriv", f"--reuid={sb.uid}", f"--regid={sb.uid}", "--clear-groups",
+                                     "/usr/bin/sleep", "77.25"])
+    try:
+        res = run(sb, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time; time.sleep(5)")
+        assert res.reason == "sandbox_killed", res.summary()
+        res = run(sb, "import os, signal\nos.kill(-1, signal.SIGKILL)\nimport time; time.sleep(5)")
+        assert res.reason == "sandbox_killed", res.summary()
+        res = run(sb, "import subprocess\nsubprocess.run(['kill', '-9', '-1'])\nimport time; time.sleep(5)")
+        assert res.reason == "sandbox_killed", res.summary()
+        if sentinel is not None:
+            assert sentinel.poll() is None  # still alive
+        assert run(sb, "x = 1", "assert x == 1").passed  # a fresh sandbox took over
+    finally:
+        if sentinel is not None:
+            sentinel.kill()
+            sentinel.wait()
+
+
+def test_background_process_does_not_outlive_the_run(sb):
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.execv('/usr/bin/sleep', ['/usr/bin/sleep', '4242.5'])\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.3)\n"
+    )
+    base = tree(sb)
+    res = run(sb, code)
+    assert res.reason == "background_process" and res.orphans_killed == 1, res.summary()
+    assert res.leftover_processes == 0
+    assert host_cmdlines("4242.5") == []
+    assert tree(sb) == base
+
+
+def test_huge_stdout_is_capped(sb):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = run(sb, "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)")
+    assert res.reason == "output_limit", res.summary()
+    assert len(res.stdout) == 500 and set(res.stdout) == {"x"}
+    assert res.stdout_bytes > LIMITS.output_limit
+    big = run(sb, "print('y' * 300000)\nimport sys\nprint('end', file=sys.stderr)")
+    assert big.passed and big.stdout_bytes == 300001 and big.stdout.endswith("y\n") and len(big.stdout) == 500
+    assert big.stderr == "end\n"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024
+
+
+def test_file_size_and_open_files_limits(sb):
+    res = run(sb, "open('big', 'wb').write(b'x' * (20 << 20))", file_size_mb=1)
+    assert res.reason == "file_size", res.summary()
+    res = run(sb, "fs = [open('f%d' % i, 'w') for i in range(200)]")
+    assert res.reason == "open_files", res.summary()
+
+
+def test_unsandboxed_needs_explicit_opt_in(monkeypatch):
+    with pytest.raises(SandboxUnavailable, match="allow_unsandboxed"):
+        open_sandbox("none")
+    # bubblewrap missing on the machine: a clear refusal that says how to fix it
+    monkeypatch.setattr(bwrap_mod, "bwrap_path", lambda: None)
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap.*sandbox: none"):
+        open_sandbox("auto")
+    with open_sandbox("none", allow_unsandboxed=True, limits=LIMITS, workers=1) as s:
+        res = s.run_one(Job("def f():\n    return 2", "assert f() == 2"))
+        slow = s.run_one(Job("while True:\n    pass", "assert True"), LIMITS.model_copy(update={"cpu_s": 1}))
+    assert res.passed and slow.reason == "cpu_time"

@@ -1,0 +1,232 @@
+"""JSON schemas: the `verify_json` stage (planted hard cases, reasons checked against
+jsonschema itself), `json_schema:` on `generate` (inline or a confined file), and the
+openai engine's detection of the JSON form a server takes, against the real
+llama_cpp.server (which rejects OpenAI's json_schema form with a 500) and canned
+servers that reject one form or every form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import write_recipe
+from faultproxy import Fault, FaultProxy, canned_server
+
+from smolforge.context import EnginePool, StageContext
+from smolforge.engines.base import Request
+from smolforge.engines.openai import OpenAIEngine
+from smolforge.recipe import RecipeError, load_recipe
+from smolforge.stages.verify_json import VerifyJSON, extract_fenced
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "born": {"type": "string", "format": "date"},
+        "items": {"type": "array", "items": {
+            "type": "object", "properties": {"price": {"type": "number"}},
+            "required": ["price"]}},
+    },
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def ctx(tmp_path: Path) -> StageContext:
+    return StageContext(recipe_name="t", recipe_dir=tmp_path, seed=1, default_engine="llamacpp",
+                        pool=EnginePool(), cache=None, stage_name="verify_json",
+                        allowed_roots=[tmp_path])
+
+
+def rec(i: int, text, finish: str = "stop", tokens: int = 5) -> dict:
+    return {"id": str(i), "text": text,
+            "meta": {"generate": {"finish_reason": finish, "tokens": tokens,
+                                  "sampling": {"max_tokens": tokens}}}}
+
+
+def test_verify_json_planted_cases(tmp_path):
+    stage = VerifyJSON(type="verify_json", json_schema=SCHEMA, output="parsed")
+    batch = [
+        rec(0, '{"name": "Ada", "born": "1815-12-10", "items": [{"price": 2.5}]}'),
+        rec(1, '  {"name": "Bo"}\n'),                                     # whitespace around
+        rec(2, '{"name": "Cy", "items": [{"price": 1}, {"price": "cheap"}]}'),
+        rec(3, '{"name": "Di", "born": "10/12/1815"}'),                   # format: date
+        rec(4, '{"name": "Ed", "age": 3}'),                                # additionalProperties
+        rec(5, '{"name": "Fa", "items": [{"price": 1}, {"pri', "length", 16),  # cut by max_tokens
+        rec(6, '{"name": "Gu",, }'),                                       # broken, not cut
+        rec(7, '```json\n{"name": "Hu"}\n```'),                            # fenced, fence off
+        rec(8, '{"born": "2001-02-03"}'),                                  # required missing
+        rec(9, None),
+    ]
+    res = stage.process(batch, ctx(tmp_path))
+    kept = {r["id"]: r for r in res.kept}
+    reasons = {r.record["id"]: r.reason for r in res.rejected}
+    assert sorted(kept) == ["0", "1"]
+    assert kept["0"]["parsed"] == {"name": "Ada", "born": "1815-12-10", "items": [{"price": 2.5}]}
+    assert kept["1"]["parsed"] == {"name": "Bo"}
+    assert reasons["2"] == "schema: $.items[1].price: 'cheap' is not of type 'number' (type)"
+    assert reasons["3"].startswith("schema: $.born: ") and reasons["3"].endswith("(format)")
+    assert reasons["4"].startswith("schema: $: ") and "'age'" in reasons["4"]
+    assert reasons["4"].endswith("(additionalProperties)")
+    assert reasons["5"].startswith("truncated: generation stopped at max_tokens (16 tokens")
+    assert "before the JSON closed" in reasons["5"]
+    assert reasons["6"].startswith("invalid JSON: Expecting property name enclosed in double quotes"
+                                   " at line 1 column 15")
+    assert reasons["7"].startswith("invalid JSON: ")
+    assert reasons["8"] == "schema: $: 'name' is a required property (required)"
+    assert reasons["9"].startswith("invalid JSON: column 'text' is NoneType")
+    assert res.counts == {"valid": 2, "invalid_json": 3, "truncated": 1, "schema_invalid": 4}
+    # Side by side with jsonschema itself: same verdict for every parsable record.
+    check = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+    for r in batch:
+        try:
+            obj = json.loads(r["text"])
+        except (TypeError, ValueError):
+            continue
+        assert check.is_valid(obj) == (r["id"] in kept), r
+
+
+def test_verify_json_fence_many_errors_and_no_schema(tmp_path):
+    c = ctx(tmp_path)
+    fenced = VerifyJSON(type="verify_json", json_schema=SCHEMA, fence=True, max_errors=2)
+    res = fenced.process([
+        rec(0, 'Here you go:\n```json\n{"name": "Hu"}\n```\nAnything else?'),
+        rec(1, '```\n{"name": "Io"}\n```'),
+        rec(2, '{"name": "Jo"}'),  # no fence: the text itself
+        rec(3, '```json\n{"name": "", "x": 1, "items": [{}]}\n```'),
+    ], c)
+    assert [r["id"] for r in res.kept] == ["0", "1", "2"]
+    (bad,) = res.rejected
+    # Three violations, the two named are the most relevant then by path; the rest counted.
+    assert bad.reason.startswith("schema: ") and bad.reason.endswith("(+1 more)")
+    assert bad.reason.count("; ") == 1
+    assert extract_fenced("no fence") == "no fence"
+    assert extract_fenced("```json\n[1, 2]") == "[1, 2]"  # an unclosed fence at the end
+    # Without a schema only parsing is checked: any JSON value passes.
+    plain = VerifyJSON(type="verify_json")
+    res = plain.process([rec(0, "[1, 2]"), rec(1, "3"), rec(2, "{'a': 1}")], c)
+    assert [r["id"] for r in res.kept] == ["0", "1"]
+    assert res.rejected[0].reason.startswith("invalid JSON: Expecting property name")
+
+
+def test_schema_files_are_checked_and_confined(tmp_path):
+    (tmp_path / "recipe").mkdir()
+    rdir = tmp_path / "recipe"
+    (rdir / "schema.yaml").write_text("type: object\nrequired: [a]\n")
+    (tmp_path / "outside.json").write_text('{"type": "object"}')
+    (rdir / "bad.json").write_text('{"type": "objekt"}')
+
+    def recipe(schema):
+        return write_recipe(rdir / "r.yaml", {"name": "j", "stages": [
+            {"type": "items", "items": [{"t": "x"}]},
+            {"type": "generate", "template": "{{ t }}", "json_schema": schema},
+            {"type": "verify_json", "json_schema": schema}]})
+
+    r = load_recipe(recipe("schema.yaml"))
+    c = ctx(rdir)
+    assert r.stages[2].fingerprint(c) != VerifyJSON(type="verify_json").fingerprint(c)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe("../outside.json"))
+    assert "outside the recipe folder" in str(e.value.problems)
+    assert "stages[1].json_schema" in str(e.value.problems)
+    with pytest.raises(RecipeError) as e:  # an inline schema is checked on load
+        load_recipe(recipe({"type": "objekt"}))
+    assert "not a valid JSON schema" in str(e.value.problems)
+    # A file's schema is checked when the stage reads it, naming the file.
+    stage = load_recipe(recipe("bad.json")).stages[2]
+    with pytest.raises(RecipeError) as e:
+        stage.process([rec(0, "{}")], c)
+    assert "'bad.json'" in str(e.value.problems) and "not a valid JSON schema" in str(e.value.problems)
+
+
+# ------------------------------------------------------------------ openai: JSON form detection
+
+PERSON = {"title": "Person", "type": "object",
+          "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+          "required": ["name", "age"]}
+
+
+def ask(text: str, **kw) -> Request:
+    return Request(messages=[{"role": "user", "content": text}], max_tokens=kw.pop("max_tokens", 24),
+                   json_schema=PERSON, **kw)
+
+
+def test_auto_detection_against_real_llama_cpp_server(llama_server):
+    """llama-cpp-python's server rejects OpenAI's json_schema form (a 500 naming
+    response_format): the engine tries it once, takes json_object, keeps it."""
+    with FaultProxy(llama_server) as proxy:
+        eng = OpenAIEngine(type="openai", base_url=proxy.url, model="smollm2", retry_base_delay=0.05)
+        try:
+            (first,) = eng.generate([ask("Alice is 30 years old. Give her as JSON.")])
+            (second,) = eng.generate([ask("Bob is 41 years old. Give him as JSON.")])
+            usage = eng.usage()
+        finally:
+            eng.close()
+    for r in (first, second):
+        assert r.error is None, r.error
+        assert r.json_mode == "json_object"
+        if r.completions[0].finish_reason == "stop":  # the grammar made it schema-valid JSON
+            jsonschema.validate(json.loads(r.completions[0].text), PERSON)
+    forms = [(s.prompt[:5], s.body["response_format"]["type"], s.status) for s in proxy.seen]
+    assert forms == [("Alice", "json_schema", 500), ("Alice", "json_object", 200),
+                     ("Bob i", "json_object", 200)]
+    assert usage["json_mode"] == "json_object" and usage["failed"] == 0
+
+
+def test_auto_detection_canned_servers():
+    def only_object(body):
+        rf = body.get("response_format") or {}
+        if rf.get("type") == "json_schema":
+            return Fault.raw(400, '{"error": {"message": "unknown field json_schema"}}')
+        return '{"name": "Ann", "age": 5}'
+
+    with canned_server(only_object) as srv:
+        eng = OpenAIEngine(type="openai", base_url=srv.url, model="m", concurrency=1)
+        try:
+            out = eng.generate([ask("a"), ask("b"), ask("c")])
+            plain = eng.generate([Request(messages=[{"role": "user", "content": "d"}])])
+        finally:
+            eng.close()
+    assert [r.json_mode for r in out] == ["json_object"] * 3 and plain[0].json_mode is None
+    assert [(s.prompt, (s.body.get("response_format") or {}).get("type")) for s in srv.seen] == [
+        ("a", "json_schema"), ("a", "json_object"), ("b", "json_object"), ("c", "json_object"),
+        ("d", None)]
+    assert eng.usage()["json_mode"] == "json_object"
+
+    def none_at_all(body):
+        if "response_format" in body:
+            return Fault.raw(422, '{"detail": "response_format is not supported"}')
+        return '{"name": "Ann", "age": 5}'
+
+    with canned_server(none_at_all) as srv:
+        eng = OpenAIEngine(type="openai", base_url=srv.url, model="m", concurrency=1)
+        try:
+            out = eng.generate([ask("a"), ask("b")])
+        finally:
+            eng.close()
+    assert [r.json_mode for r in out] == ["prompt", "prompt"]
+    assert [(s.prompt[:1], (s.body.get("response_format") or {}).get("type")) for s in srv.seen] == [
+        ("a", "json_schema"), ("a", "json_object"), ("a", None), ("b", None)]
+    # Prompt-only: the schema is in the (last user) message instead.
+    assert json.dumps(PERSON) in srv.seen[-1].prompt and srv.seen[-1].prompt.startswith("b\n\n")
+
+    # A 400 that no form cures (a bad prompt) fails that request with the first error
+    # and rules nothing out.
+    with canned_server(lambda b: Fault.raw(400, '{"error": "prompt too long"}')) as srv:
+        eng = OpenAIEngine(type="openai", base_url=srv.url, model="m", concurrency=1)
+        try:
+            (r,) = eng.generate([ask("a")])
+        finally:
+            eng.close()
+    assert r.error == 'HTTP 400: {"error": "prompt too long"}'
+    assert "json_mode" not in eng.usage()
+    # A fixed schema_format is sent as configured, with no detection.
+    with canned_server(only_object) as srv:
+        eng = OpenAIEngine(type="openai", base_url=srv.url, model="m", schema_format="json_schema")
+        try:
+            (r,) = eng.generate([ask("a")])
+        finally:
+            eng.close()
+    assert r.error is not None and len(srv.seen) == 1
