@@ -297,6 +297,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     def put(metric: str, model: str, s: np.ndarray) -> None:
         scores.setdefault(metric, {})[model] = s
 
+    def unconstrained(label: str, engine: Any) -> list[str]:
+        """The model's plain answers, generated once for every task that scores them."""
+        done = answers.setdefault("answers", {})
+        if label not in done:
+            done[label] = _generate(engine, examples, cfg.max_tokens, False)
+        return done[label]
+
     for label, path in zip(cfg.models, models):
         engine = LlamaCppEngine(model=path, n_ctx=cfg.n_ctx, n_threads=cfg.threads)
         try:
@@ -320,9 +327,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                 else:
                     from smolforge.ifeval.verify import evaluate as ifeval_checks
 
-                    texts = answers.setdefault("answers", {}).get(label) or _generate(
-                        engine, examples, cfg.max_tokens, False)
-                    answers["answers"][label] = texts
+                    texts = unconstrained(label, engine)
                     checks = [ifeval_checks(t, ex.row["instruction_id_list"], ex.row.get("kwargs"),
                                        prompt=str(ex.row.get("prompt") or ""))
                               for ex, t in zip(examples, texts)]
@@ -335,9 +340,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                     from smolforge.sandbox import Job, open_sandbox
                     from smolforge.stages.verify_code import extract_code
 
-                    texts = answers.setdefault("answers", {}).get(label) or _generate(
-                        engine, examples, cfg.max_tokens, False)
-                    answers["answers"][label] = texts
+                    texts = unconstrained(label, engine)
                     with open_sandbox() as sb:
                         results = sb.run([Job(extract_code(t), str(ex.row["tests"]),
                                               entry_point=ex.row.get("entry_point"))
