@@ -77,6 +77,17 @@ class LLMStage(MapStage):
         """A JSON schema to constrain output to (judges use one)."""
         return None
 
+    def prepare(self, batch: list[Record], ctx: StageContext, res: Result
+                ) -> tuple[str, list[Record], list[Request], list[str]]:
+        """The start of every generating `process`: the prompt source, then the records
+        whose prompt rendered with their requests and prompts; a record whose template
+        failed goes to `res`'s rejects with the reason."""
+        source = self.prompt_source(ctx)
+        ok, reqs, prompts, failed = self.build_requests(batch, ctx, source)
+        for i, reason in failed:
+            res.reject(batch[i], reason)
+        return source, [batch[i] for i in ok], reqs, prompts
+
     def build_requests(
         self, batch: list[Record], ctx: StageContext, source: str
     ) -> tuple[list[int], list[Request], list[str], list[tuple[int, str]]]:
@@ -167,11 +178,7 @@ class Generate(LLMStage):
 
     def process(self, batch: list[Record], ctx: StageContext) -> Result:
         res = Result()
-        source = self.prompt_source(ctx)
-        ok, reqs, prompts, failed = self.build_requests(batch, ctx, source)
-        for i, reason in failed:
-            res.reject(batch[i], reason)
-        records = [batch[i] for i in ok]
+        source, records, reqs, prompts = self.prepare(batch, ctx, res)
         engines = self.engines(ctx)
         fan_out = self.n * len(engines) > 1
         outputs: dict[int, list[Record]] = {i: [] for i in range(len(records))}

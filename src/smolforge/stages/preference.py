@@ -119,11 +119,7 @@ class Candidates(LLMStage):
 
     def process(self, batch: list[Record], ctx: StageContext) -> Result:
         res = Result()
-        source = self.prompt_source(ctx)
-        ok, reqs, prompts, failed = self.build_requests(batch, ctx, source)
-        for i, reason in failed:
-            res.reject(batch[i], reason)
-        records = [batch[i] for i in ok]
+        source, records, reqs, prompts = self.prepare(batch, ctx, res)
         base_seed = self.seed if self.seed is not None else ctx.seed
         teachers, engines, names = self._teachers(), self.engines(ctx), self.teacher_names(ctx)
         cands: list[list[dict]] = [[] for _ in records]
