@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 DEMO_COUNT ?= 12
 
-.PHONY: demo test install install-test install-bench system-deps gguf-converter github-issues lint bench clean
+.PHONY: demo test install install-train install-test install-bench system-deps gguf-converter github-issues lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(MAKE) gguf-converter
 	touch $@
 
+# `smolforge train` / `eval` only (make github-issues): torch CPU, TRL, PEFT.
+$(VENV)/.installed-train: $(VENV)/.installed
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[train]"
+	$(MAKE) gguf-converter
+	touch $@
+
 # llama.cpp's HF -> GGUF converter (ships in the llama-cpp-python source package):
 # fetched once into ~/.cache/smolforge for `smolforge train --gguf`.
 gguf-converter: $(VENV)/.installed
@@ -54,6 +61,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 	touch $@
 
 install: $(VENV)/.installed
+install-train: $(VENV)/.installed-train
 install-test: $(VENV)/.installed-test
 install-bench: $(VENV)/.installed-bench
 
@@ -65,7 +73,7 @@ test: system-deps install-test
 	$(BIN)/python -m pytest -q --durations=15
 
 # Close the loop on this machine: recipe -> train -> eval, base vs tuned with 95% CIs.
-github-issues: install-test
+github-issues: install-train
 	OMP_NUM_THREADS=1 $(BIN)/smolforge run github_issues --out runs/github_issues
 	OMP_NUM_THREADS=1 $(BIN)/smolforge train runs/github_issues --out runs/github_issues-tuned \
 	    --epochs 4 --lr 4e-4 --max-length 384 --gguf q8_0

@@ -2,15 +2,16 @@
 
 Scores benchmarks/data/judge_quality.jsonl (real text from this machine's docs,
 licences, package metadata, configs and mail, plus deterministically corrupted prose;
-every item names its source; see benchmarks/data/build_judge_quality.py) with every
-`judge` method on the bundled SmolLM2-135M, through the real `judge` stage (the same
-code path as a recipe), and prints ONE JSON object: per method, ROC AUC and Spearman's
-rho of the score against the labels (1 educational, 0 not), on the dev and the
-holdout split, plus seconds and the load average.
+every item names its source; see benchmarks/data/build_judge_quality.py) on the
+bundled SmolLM2-135M through the real `judge` stage: the `textbooks` recipe's own
+judge stage as shipped (`recipe`) and other methods. Prints ONE JSON object: per
+method, ROC AUC and Spearman's rho of the score against the labels (1 educational,
+0 not) on the dev and the holdout split, AUC against each kind of negative, seconds
+and the load average.
 
-    python benchmarks/judge_quality.py            # every item (slow on 2 busy cores)
+    python benchmarks/judge_quality.py            # recipe, expected, criteria_unbalanced
     python benchmarks/judge_quality.py --quick    # 16 dev + 16 holdout items
-    python benchmarks/judge_quality.py --methods criteria,expected --data my.jsonl
+    python benchmarks/judge_quality.py --methods recipe --data my.jsonl --scores s.jsonl
 
 `--data` takes any JSONL with `text` and `label` (and optionally `split`), e.g. a
 labelled set of your own.
@@ -31,19 +32,43 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 HERE = Path(__file__).parent
 DATA = HERE / "data" / "judge_quality.jsonl"
 
-# method name -> judge stage fields (rubric: fineweb-edu throughout)
+# method name -> judge stage fields (rubric: fineweb-edu throughout); "recipe" is the
+# textbooks recipe's own judge stage, as shipped
 METHODS: dict[str, dict] = {
-    # today's default before this benchmark: the generated number, JSON-constrained
+    "recipe": {},
+    # the judge's default: the generated number, JSON-constrained
     "parse": {"method": "parse", "structured": True, "max_tokens": 128},
     # G-Eval: the expected score over the score token's probabilities (score asked first)
     "expected": {"method": "expected", "structured": True, "justify": False, "max_tokens": 8},
-    # the decomposed rubric: five yes/no criteria, sum of P(yes); chat template
+    # the decomposed rubric (yes/no questions, from P(yes)/P(no)) with and without its
+    # reverse-keyed half, with the chat template and without it
     "criteria": {"method": "criteria"},
-    # the same without the chat template
+    "criteria_unbalanced": {"method": "criteria", "rubric": "UNBALANCED"},
     "criteria_raw": {"method": "criteria", "raw": True},
-    # the same on a longer extract
-    "criteria_1500": {"method": "criteria", "max_chars": 1500},
 }
+
+
+def recipe_judge() -> dict:
+    """The textbooks recipe's judge stage, as shipped."""
+    import yaml
+
+    from smolforge.recipe import BUILTIN_DIR
+
+    stages = yaml.safe_load((BUILTIN_DIR / "textbooks.yaml").read_text())["stages"]
+    return next(s for s in stages if s["type"] == "judge")
+
+
+def unbalanced_rubric(workdir: Path) -> str:
+    """fineweb-edu without its reverse-keyed questions: FineWeb-Edu's three points only."""
+    import yaml
+
+    from smolforge.stages.judge import RUBRIC_DIR
+
+    rubric = yaml.safe_load((RUBRIC_DIR / "fineweb-edu.yaml").read_text())
+    rubric["criteria"] = {k: q for k, q in rubric["criteria"].items() if isinstance(q, str)}
+    path = workdir / "fineweb-edu-unbalanced.yaml"
+    path.write_text(yaml.safe_dump(rubric, sort_keys=False))
+    return str(path)
 
 
 def auc(scores: list[float], labels: list[int]) -> float | None:
@@ -71,11 +96,14 @@ def score(method: str, items: list[dict], workdir: Path) -> tuple[list[float | N
     import smolforge as sf
     from smolforge.recipe import Recipe
 
-    judge = {"type": "judge", "name": "judge", "rubric": "fineweb-edu", "column": "score",
-             "on_fail": "keep", **METHODS[method]}
+    fields = recipe_judge() if method == "recipe" else dict(METHODS[method])
+    if fields.get("rubric") == "UNBALANCED":
+        fields["rubric"] = unbalanced_rubric(workdir)
+    judge = {"type": "judge", "rubric": "fineweb-edu", **fields, "name": "judge", "column": "score",
+             "on_fail": "keep"}
     recipe = Recipe.from_dict({
         "name": f"judge-quality-{method}", "engine": {"type": "llamacpp", "model": "smollm2-135m"},
-        "shard_size": 1000,
+        "shard_size": 1000, "allow_paths": [str(workdir)],
         "stages": [{"type": "items", "items": [{"text": r["text"], "key": r["id"]} for r in items]}, judge],
     })
     t0 = time.perf_counter()
@@ -89,7 +117,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="16 dev + 16 holdout items")
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
+    ap.add_argument("--methods", default="recipe,expected,criteria_unbalanced",
+                    help=f"comma-separated: {', '.join(METHODS)} (default: the recipe's judge and two others)")
+    ap.add_argument("--scores", type=Path, help="also write every item's score per method here (JSONL)")
     args = ap.parse_args()
     from smolforge.stages.judge import spearman
 
@@ -112,7 +142,20 @@ def main() -> None:
                 entry[split] = {"n": len(rows), "auc": None if a is None else round(a, 3),
                                 "spearman": None if rho is None else round(rho, 3),
                                 "distinct_scores": len(set(xs))}
+            # which negatives fool the judge: AUC of the positives against each kind alone
+            kinds = sorted({r.get("kind", "") for r in items if not r["label"]} - {""})
+            pos = [s if s is not None else -1.0 for s, r in zip(scores, items) if r["label"]]
+            entry["auc_by_kind"] = {}
+            for kind in kinds:
+                neg = [s if s is not None else -1.0 for s, r in zip(scores, items) if r.get("kind") == kind]
+                a = auc(pos + neg, [1] * len(pos) + [0] * len(neg))
+                entry["auc_by_kind"][kind] = None if a is None else round(a, 3)
             result["methods"][method] = entry
+            if args.scores:
+                with args.scores.open("a") as f:
+                    for s, r in zip(scores, items):
+                        f.write(json.dumps({"method": method, "id": r["id"], "label": r["label"],
+                                            "kind": r.get("kind"), "split": r.get("split"), "score": s}) + "\n")
             print(f"{method}: {json.dumps(entry)}", file=sys.stderr, flush=True)
     result["load_average_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))

@@ -90,21 +90,21 @@ def _judge_run(tmp_path, name, docs, **judge):
     return sf.run(recipe, out=tmp_path / name), recipe
 
 
-def test_criteria_method_on_the_real_model_sums_p_yes(tmp_path, engine):
+def test_criteria_method_on_the_real_model_balances_reverse_keyed_questions(tmp_path, engine):
     """The decomposed FineWeb-Edu rubric: each criterion's P(yes) from the engine's
-    top logprobs, normalised over yes/no variants; the score is their sum and an
-    three criteria per record."""
+    top logprobs, normalised over yes/no variants. The score gives a point per
+    P(yes) of the three FineWeb-Edu criteria and per P(no) of the four reverse-keyed
+    ones, each half weighing equally (range 0-3), recomputed here by hand."""
     run, recipe = _judge_run(tmp_path, "crit", [EDU, JUNK], method="criteria")
     rows = {r["text"]: r for r in run.data().to_pylist()}
-    # (the 135M model ranks this pair the wrong way under `criteria`: docs/judges.md)
-    # recompute every criterion by hand from the same requests on the same engine
     stage = recipe.stages[1]
     assert isinstance(stage, Judge)
     rubric = load_rubric("fineweb-edu")
+    assert sum(c.reverse for c in rubric.criteria.values()) == 4 and len(rubric.criteria) == 7
     for text, row in rows.items():
-        total = 0.0
-        for name, question in rubric.criteria.items():
-            view = {"text": text, "max_chars": rubric.criteria_max_chars, "question": question, "id": "x"}
+        points: dict[bool, list[float]] = {False: [], True: []}
+        for name, crit in rubric.criteria.items():
+            view = {"text": text, "max_chars": rubric.criteria_max_chars, "question": crit.question, "id": "x"}
             _, (req,), _, _ = stage.build_requests([view], _Ctx(), rubric.criteria_template)
             assert req.logprobs == 20 and req.max_tokens == 4
             (resp,) = engine.generate([req])
@@ -112,10 +112,13 @@ def test_criteria_method_on_the_real_model_sums_p_yes(tmp_path, engine):
                          if any(_word(k) in ("yes", "no") for k in p["top"]))
             py = sum(math.exp(v) for k, v in first.items() if _word(k) == "yes")
             pn = sum(math.exp(v) for k, v in first.items() if _word(k) == "no")
-            assert row[f"edu_{name}"] == pytest.approx(py / (py + pn), rel=1e-9)
-            total += py / (py + pn)
-        assert row["edu"] == pytest.approx(total, rel=1e-9)
+            assert row[f"edu_{name}"] == pytest.approx(py / (py + pn), rel=1e-9)  # P(yes) as asked
+            points[crit.reverse].append((pn if crit.reverse else py) / (py + pn))
+        balanced = 3 * (sum(points[False]) / 3 + sum(points[True]) / 4) / 2
+        assert row["edu"] == pytest.approx(balanced, rel=1e-9) and 0 <= row["edu"] <= 3
         assert 0 <= row["edu_entropy"] <= 1
+    # the reverse-keyed half is what ranks this pair right on the 135M model
+    assert rows[EDU]["edu"] > rows[JUNK]["edu"]
     manifest = run.manifest
     judge = next(s for s in manifest["stages"] if s["name"] == "judge")
     assert judge["parsed_without_logprobs"] == 0
@@ -215,9 +218,11 @@ def test_without_logprobs_the_judge_parses_text_and_says_so(tmp_path):
             {"type": "judge", "rubric": "fineweb-edu", "column": "edu", "method": "criteria",
              "engine": {"type": "openai", "base_url": server.url, "model": "m", "max_retries": 0}}]}),
             out=tmp_path / "fb")
-    assert len(server.seen) == 6  # 2 records x 3 criteria
+    assert len(server.seen) == 14  # 2 records x 7 criteria
     rows = {r["text"]: r for r in run.data().to_pylist()}
-    assert rows[EDU]["edu"] == 1.0 and rows[EDU]["edu_basic_information"] == 1.0 and rows[JUNK]["edu"] == 0.0
+    # every answer "no" but one "yes": the reverse-keyed four earn their points
+    assert rows[EDU]["edu_basic_information"] == 1.0 and rows[EDU]["edu_legal_text"] == 0.0
+    assert rows[EDU]["edu"] == 3 * (1 / 3 + 1) / 2 and rows[JUNK]["edu"] == 3 * (0 + 1) / 2
     judge = next(s for s in run.manifest["stages"] if s["name"] == "judge")
     assert judge["parsed_without_logprobs"] == 2
     assert judge["summary"]["note"].startswith("2 record(s) scored from the answer's text")
@@ -328,3 +333,18 @@ def test_panel_of_two_engines_reports_agreement_in_the_manifest(tmp_path):
     assert agree["krippendorff_alpha_interval"] == pytest.approx(
         krippendorff_alpha_interval([list(p) for p in zip(*table.values())]), abs=1e-4)
     assert panel_agreement([[1, 2], [2, 1]], ["x", "y"])["spearman"]["x ~ y"] == -1.0
+
+
+def test_criteria_score_sums_without_reverse_keys_and_balances_with_them():
+    from smolforge.stages.judge import Rubric
+
+    plain = Rubric(aspects={"x": "{{ text }}"}, criteria={"a": "A?", "b": "B?"})
+    assert plain.criteria_score({"a": 0.9, "b": 0.4}) == pytest.approx(1.3)
+    mixed = Rubric(aspects={"x": "{{ text }}"}, criteria={
+        "a": "A?", "b": "B?", "c": {"question": "C?", "reverse": True}})
+    # two points that a yes earns, one that a no earns: each half weighs one
+    assert mixed.criteria_score({"a": 0.9, "b": 0.4, "c": 0.2}) == pytest.approx(2 * ((0.9 + 0.4) / 2 + 0.8) / 2)
+    # a judge that says yes to everything about a text gains nothing from it
+    assert mixed.criteria_score({"a": 1, "b": 1, "c": 1}) == mixed.criteria_score({"a": 0, "b": 0, "c": 0}) == 1.0
+    with pytest.raises(ValueError, match="revers"):
+        Rubric(aspects={"x": "y"}, criteria={"c": {"question": "C?", "reversed": True}})

@@ -15,12 +15,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import smolforge
-from faultproxy import canned_server
+from faultproxy import canned_server, user_text
 
 from smolforge.context import EnginePool, StageContext
 from smolforge.recipe import BUILTIN_DIR, load_recipe
 from smolforge.registry import stages
 from smolforge.stages.chunk import chunk_spans, sentence_spans
+from smolforge.stages.judge import load_rubric
 from smolforge.stages.text_filters import count_tokens, is_refusal
 
 DOCS = sorted((BUILTIN_DIR / "documents").glob("*.txt"))
@@ -210,9 +211,9 @@ TINY = {
                      *(f"stages[{i}].{GREEDY}" for i in (3, 6, 8, 9, 12)),
                      *(f"stages[{i}].max_tokens=8" for i in (3, 6, 8, 9, 12))],
 }
-# The textbooks judge (stages[3], fineweb-edu, structured) asks a canned server: the
-# model name says which score it answers; the shipped filter keeps >= 3.
-EDU_SCORES = {"edu-high": 4, "edu-low": 1}
+# The textbooks judge (stages[3], fineweb-edu criteria) asks a canned server: the
+# model name says how it answers the yes/no questions; the shipped filter keeps >= 1.65.
+REVERSE_KEYED = [c.question for c in load_rubric("fineweb-edu").criteria.values() if c.reverse]
 
 
 def edu_judge(url: str, model: str) -> str:
@@ -234,7 +235,10 @@ def test_builtin_recipes_validate_and_textbooks_demo_override():
 @pytest.fixture(scope="module")
 def judge_server():
     def answer(body: dict) -> str:
-        return json.dumps({"justification": "Clear and on topic.", "score": EDU_SCORES[body["model"]]})
+        # edu-high: yes to FineWeb-Edu's points, no to the reverse-keyed questions (score 3);
+        # edu-low: the opposite (score 0)
+        reverse = any(q in user_text(body) for q in REVERSE_KEYED)
+        return "Yes." if (body["model"] == "edu-high") != reverse else "No."
 
     with canned_server(answer) as server:
         yield server
@@ -288,7 +292,7 @@ def test_recipe_runs_with_knobs_and_drop_reasons(recipe_run):
         # the shipped generate stage (repeat_penalty 1.1) ran; the judge's score is kept
         assert {s["name"]: s for s in summary["stages"]}["generate"]["generated"] == 1
         row = summary["samples"][0]
-        assert (row["edu_score"], row["edu_score_justification"]) == (4.0, "Clear and on topic.")
+        assert row["edu_score"] == 3.0 and row["edu_score_legal_text"] == 0.0 and row["edu_score_key_concepts"] == 1.0
     if name == "instructions":
         row = summary["samples"][0]
         assert row["prompt"].endswith(row["instruction"]) and row["seed_instruction"] and row["text"]
@@ -296,9 +300,9 @@ def test_recipe_runs_with_knobs_and_drop_reasons(recipe_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe_run", ["textbooks"], indirect=True)
-def test_textbooks_filter_drops_what_the_judge_scores_below_2(recipe_run, judge_server, tmp_path):
-    """The same run with a judge that answers 1: generate is reused, the judge is
-    asked again, and the shipped filter (edu_score >= 2) drops both records."""
+def test_textbooks_filter_drops_what_the_judge_scores_low(recipe_run, judge_server, tmp_path):
+    """The same run with a judge that scores 0: generate is reused, the judge is
+    asked again, and the shipped filter (edu_score >= 1.65) drops both records."""
     _, out, _ = recipe_run
     low = tmp_path / "low"
     shutil.copytree(out, low)
@@ -307,10 +311,10 @@ def test_textbooks_filter_drops_what_the_judge_scores_below_2(recipe_run, judge_
                          "--allow-empty")
     stages = {s["name"]: s for s in summary["stages"]}
     assert stages["edu_judge"]["out"] == 2
-    # this attempt's only new request: the judge on the (twice identical) text
+    # this attempt's only new requests: the judge's 7 questions on the (twice identical) text
     attempt = json.loads((low / "manifest.json").read_text())["attempts"][-1]
-    assert attempt["generated"] == 1
+    assert attempt["generated"] == 7
     assert summary["data"]["rows"] == 0
     rej = pq.read_table(low / "rejects").to_pylist()
     assert [(r["stage"], r["reason"]) for r in rej] == [
-        ("filter", "filter 'edu_score >= 2' is false (edu_score=1.0)")] * 2
+        ("filter", "filter 'edu_score >= 1.65' is false (edu_score=0.0)")] * 2

@@ -84,6 +84,10 @@ def test_sft_lora_saves_and_round_trips_through_gguf(tiny_run, tmp_path):
     losses = [v for _, v in s["losses"]]
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]  # 4 steps at lr 1e-3 on 6 examples: it learns them
+    # stderr is not a terminal here: one line per logged loss instead of a bar
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("train: step ")]
+    assert [ln.split()[2] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(f"loss {v:.4f}" in ln for ln, v in zip(lines, losses))
 
     # The merged weights differ from the base's (LoRA was merged in, not dropped).
     base, _ = load_base("smollm2-135m")

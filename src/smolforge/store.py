@@ -159,7 +159,8 @@ def append_rows(kept: list[Record] | pa.Table, table: pa.Table, stage: str, firs
 
 
 def table_to_records(table: pa.Table) -> list[Record]:
-    rows = table.to_pylist()
+    """Records as stages see them: JSON-text columns and `meta` decoded."""
+    rows = plain_rows(table)
     if "meta" in table.column_names:
         for r in rows:
             r["meta"] = json.loads(r["meta"]) if r["meta"] else {}

@@ -23,9 +23,12 @@ Follows FineWeb-Edu's annotation set-up: a rubric prompt ending in a line such a
   score tokens' probabilities; the entropy of that distribution is kept in
   `<column>_entropy` (low: a confident judge).
 - `criteria`: the rubric's decomposed form: one yes/no question per criterion of an
-  additive rubric (FineWeb-Edu's five points), each scored by P(yes) normalised over
-  the yes/no tokens (any case, with or without a leading space); the score is their
-  sum, each criterion's P(yes) in `<column>_<criterion>`.
+  additive rubric (FineWeb-Edu's points), each scored by P(yes) normalised over the
+  yes/no tokens (any case, with or without a leading space); the score is their sum,
+  each criterion's P(yes) in `<column>_<criterion>`. A `reverse: true` criterion
+  earns its point from P(no); with both kinds each half weighs equally, which cancels
+  a small judge's tendency to say yes to anything about a text (acquiescence, met in
+  questionnaires with reverse-keyed items; measured in docs/judges.md).
 
 Both probability methods ask the engine for `logprobs`; an engine or server that
 returns none falls back to parsing the text (a yes/no or the number), counted as
@@ -70,6 +73,15 @@ TOP_LOGPROBS = 20  # alternatives asked for per token (OpenAI's maximum)
 RUBRIC_DIR = Path(str(resources.files("smolforge") / "rubrics"))
 
 
+class Criterion(BaseModel):
+    """One yes/no question of a decomposed rubric. `reverse: true`: a "no" earns the
+    point (a question such as "Is the extract an advertisement?")."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    reverse: bool = False
+
+
 class Rubric(BaseModel):
     """A rubric file: one prompt template per aspect, the score range and pattern."""
 
@@ -80,11 +92,31 @@ class Rubric(BaseModel):
     max_chars: int = 2000
     score_pattern: str = DEFAULT_SCORE_PATTERN
     aspects: dict[str, str] = Field(min_length=1)
-    # The decomposed form (method: criteria): criterion name -> a yes/no question, each
-    # put through `criteria_template` (its `question` variable; the rubric's others).
-    criteria: dict[str, str] = Field(default_factory=dict)
+    # The decomposed form (method: criteria): criterion name -> a yes/no question (or
+    # {question, reverse}), each put through `criteria_template` (its `question`
+    # variable; the rubric's others).
+    criteria: dict[str, Criterion] = Field(default_factory=dict)
     criteria_template: str = DEFAULT_CRITERIA_TEMPLATE
     criteria_max_chars: int | None = None  # default: max_chars
+
+    @field_validator("criteria", mode="before")
+    @classmethod
+    def _plain_questions(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: {"question": q} if isinstance(q, str) else q for k, q in v.items()}
+        return v
+
+    def criteria_score(self, p_yes: dict[str, float]) -> float:
+        """The decomposed rubric's score from each criterion's P(yes): the sum of the
+        points, P(yes) for a criterion and P(no) for a reverse-keyed one. With both
+        kinds, each kind weighs half, so the range stays 0..(number of criteria that a
+        "yes" earns) and a judge's tendency to answer "yes" to anything about a text
+        (acquiescence, strong in small models) cancels out."""
+        pos = [p for name, p in p_yes.items() if not self.criteria[name].reverse]
+        rev = [1 - p for name, p in p_yes.items() if self.criteria[name].reverse]
+        if not (pos and rev):
+            return sum(pos) + sum(rev)
+        return len(pos) * (statistics.fmean(pos) + statistics.fmean(rev)) / 2
 
 
 def builtin_rubrics() -> list[str]:
@@ -224,7 +256,9 @@ class Judge(LLMStage):
 
     def units(self, rubric: Rubric) -> dict[str, str]:
         """What is asked per record: aspect -> prompt, or criterion -> its question."""
-        return rubric.criteria if self.method == "criteria" else rubric.aspects
+        if self.method == "criteria":
+            return {name: c.question for name, c in rubric.criteria.items()}
+        return rubric.aspects
 
     def _multi_engine(self) -> bool:
         return isinstance(self.engine, list) and len(self.engine) > 1
@@ -345,7 +379,9 @@ class Judge(LLMStage):
                     scores[aspect][i][e_idx].extend(parsed)
                     judges[i].append({"aspect": aspect, **self.provenance(engine, reqs[k], resp, ctx, source),
                                       "scores": parsed})
-        combine = sum if self.method == "criteria" else statistics.fmean
+        def combine(means: dict[str, float]) -> float:
+            return rubric.criteria_score(means) if self.method == "criteria" else statistics.fmean(means.values())
+
         for i, rec in enumerate(batch):
             per_aspect = {a: [s for e in scores[a][i] for s in e] for a in aspects}
             if i in failed or any(not per_aspect[a] for a in aspects):
@@ -359,7 +395,7 @@ class Judge(LLMStage):
             new = dict(rec)
             # per aspect: the mean over engines of each engine's mean
             means = {a: statistics.fmean(statistics.fmean(e) for e in scores[a][i] if e) for a in aspects}
-            new[self.column] = combine(means.values())
+            new[self.column] = combine(means)
             if len(aspects) > 1:
                 for a in aspects:
                     new[f"{self.column}_{a}"] = means[a]
@@ -375,7 +411,7 @@ class Judge(LLMStage):
             if len(engines) > 1:
                 per_engine = []
                 for e_idx in range(len(engines)):
-                    vals = [statistics.fmean(scores[a][i][e_idx]) for a in aspects if scores[a][i][e_idx]]
+                    vals = {a: statistics.fmean(scores[a][i][e_idx]) for a in aspects if scores[a][i][e_idx]}
                     per_engine.append(combine(vals) if len(vals) == len(aspects) else None)
                 new[f"{self.column}_judges"] = per_engine
             if fallback[i]:
@@ -437,9 +473,9 @@ class Judge(LLMStage):
         summary: dict[str, Any] = {"method": self.method, "scored": len(values)}
         if values:
             qs = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
-            summary["score"] = {"mean": round(statistics.fmean(values), 4), "min": min(values),
+            summary["score"] = {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4),
                                 "q1": round(qs[0], 4), "median": round(qs[1], 4), "q3": round(qs[2], 4),
-                                "max": max(values)}
+                                "max": round(max(values), 4)}
         if no_logprobs:
             summary["note"] = (f"{no_logprobs} record(s) scored from the answer's text: the engine "
                                "returned no logprobs (method falls back to parsing)")

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             beta=args.beta, seed=args.seed, threads=args.threads, gguf=args.gguf,
             split=None if args.split == "all" else args.split, prompt_column=args.prompt_column,
             response_column=args.response_column, system_column=args.system_column, limit=args.limit,
-            progress=not args.quiet and not args.json,
+            progress=not args.quiet,  # on stderr: --json output stays clean
         )
         try:
             summary = train(cfg)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,6 +169,7 @@ def load_examples(cfg: TrainConfig) -> list[dict]:
 
 
 def _progress_callback(total: int, enabled: bool):
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -179,13 +181,17 @@ def _progress_callback(total: int, enabled: bool):
     from transformers import TrainerCallback
 
     class RichLoss(TrainerCallback):
-        """A rich progress bar with the latest loss (TRL's tqdm bar is turned off)."""
+        """A rich progress bar with the latest loss (TRL's tqdm bar is turned off); when
+        stderr is not a terminal (a log file, CI), one line per logged loss instead."""
 
         def __init__(self) -> None:
             self.losses: list[tuple[int, float]] = []
+            self.lines = enabled and not sys.stderr.isatty()
+            self.t0 = time.perf_counter()
             self.progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-                                     TimeRemainingColumn(), disable=not enabled, transient=False)
+                                     TimeRemainingColumn(), disable=not enabled or self.lines, transient=False,
+                                     console=Console(stderr=True))
             self.task = None
 
         def on_train_begin(self, args, state, control, **kw):
@@ -199,6 +205,10 @@ def _progress_callback(total: int, enabled: bool):
             if logs and "loss" in logs:
                 self.losses.append((state.global_step, float(logs["loss"])))
                 self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+                every = max(1, (state.max_steps or total) // 10)
+                if self.lines and (state.global_step % every == 0 or state.global_step == state.max_steps):
+                    print(f"train: step {state.global_step}/{state.max_steps or total}  loss {logs['loss']:.4f}  "
+                          f"{time.perf_counter() - self.t0:.0f} s", file=sys.stderr, flush=True)
 
         def on_train_end(self, args, state, control, **kw):
             self.progress.stop()
