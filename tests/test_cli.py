@@ -92,6 +92,21 @@ def canned_recipe(url: str, n: int = 6, **stage) -> dict:
          "engine": {"type": "openai", "base_url": url, "model": "m", "max_retries": 0}}]}
 
 
+def _cached(db) -> int:
+    """Responses committed to a run's cache so far (0 before the file exists)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+    finally:
+        con.close()
+
+
 def echo(body: dict) -> str:
     return "text on " + user_text(body).split()[-1].rstrip(".")
 
@@ -111,13 +126,21 @@ def test_ctrl_c_exits_130_and_a_rerun_resumes_without_paying_twice(tmp_path):
     with canned_server(answer) as server:
         path = write_recipe(tmp_path / "r.yaml", canned_recipe(server.url))
         out = tmp_path / "run"
+        # SIGINT back to its default in the child: a shell that starts a job in the
+        # background (`make test &`) ignores SIGINT, the ignore is inherited, and Python
+        # then installs no KeyboardInterrupt handler
         proc = subprocess.Popen([sys.executable, "-m", "smolforge.cli", "run", str(path), "--out", str(out),
-                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while not any(s.prompt == "Write about topic-3." for s in server.seen):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        time.sleep(0.2)  # topic-2's answer (same shard) is in and cached
+        # topic-2's answer (same shard) is in and committed to the run's cache (WAL
+        # mode: a reader sees committed rows); polled, so a busy machine cannot race it
+        while _cached(out / "cache.sqlite") < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, stderr

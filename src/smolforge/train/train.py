@@ -187,7 +187,7 @@ def _progress_callback(total: int, enabled: bool):
         def __init__(self) -> None:
             self.losses: list[tuple[int, float]] = []
             self.lines = enabled and not sys.stderr.isatty()
-            self.t0 = time.perf_counter()
+            self.t0 = 0.0
             self.progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
                                      TimeRemainingColumn(), disable=not enabled or self.lines, transient=False,
@@ -195,6 +195,7 @@ def _progress_callback(total: int, enabled: bool):
             self.task = None
 
         def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
             self.progress.start()
             self.task = self.progress.add_task("train", total=state.max_steps or total, loss="-")
 
