@@ -187,11 +187,9 @@ def _ctx(tmp_path: Path, name: str, seed: int = 5) -> StageContext:
                         default_engine={"type": "llamacpp", "model": "smollm2-135m"}, cache=None)
 
 
-@pytest.mark.slow
-def test_rate_shows_candidates_in_the_recorded_shuffled_order(tmp_path):
-    """The real bundled model judges; the prompts it got are captured on the way."""
-    ctx = _ctx(tmp_path, "rate")
-    sent = []
+def _record_requests(ctx) -> list:
+    """The requests `ctx` sends from now on, captured on their way to the real engine."""
+    sent: list = []
     real = ctx.generate
 
     def spy(engine, requests):
@@ -199,6 +197,14 @@ def test_rate_shows_candidates_in_the_recorded_shuffled_order(tmp_path):
         return real(engine, requests)
 
     ctx.generate = spy  # type: ignore[method-assign]
+    return sent
+
+
+@pytest.mark.slow
+def test_rate_shows_candidates_in_the_recorded_shuffled_order(tmp_path):
+    """The real bundled model judges; the prompts it got are captured on the way."""
+    ctx = _ctx(tmp_path, "rate")
+    sent = _record_requests(ctx)
     texts = ["Paris is the capital.", "I like turtles.", "It is Lyon.", "France's capital: Paris."]
     rec = {"id": "q1", "prompt": "What is the capital of France?", "meta": {},
            "candidates": [{"text": t, "teacher": "x", "model": "m", "engine": "llamacpp"} for t in texts]}
@@ -344,14 +350,7 @@ def test_reward_model_over_pooling_api(tmp_path, pooling_server):
 def test_rate_pairwise_uses_both_orders_and_win_rates(tmp_path):
     """`method: pairwise` on the bundled model through the pairwise judge's function."""
     ctx = _ctx(tmp_path, "rate")
-    sent = []
-    real = ctx.generate
-
-    def spy(engine, requests):
-        sent.extend(requests)
-        return real(engine, requests)
-
-    ctx.generate = spy  # type: ignore[method-assign]
+    sent = _record_requests(ctx)
     texts = ["Water boils at 100 degrees Celsius at sea level.", "Bananas.", "It boils at 50 C."]
     rec = {"id": "q", "prompt": "At what temperature does water boil?", "meta": {},
            "candidates": [{"text": t, "teacher": "x"} for t in texts]}

@@ -53,6 +53,7 @@ from smolforge.ngrams import (
 )
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
+from smolforge.text import flatten
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +135,6 @@ def read_rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
             yield from csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
 
 
-def _flatten(value: Any) -> str:
-    """Text of a field: lists (answer choices) and dicts are joined."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return " ".join(_flatten(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return " ".join(_flatten(v) for v in value)
-    return str(value)
 
 
 def words_of(text: str) -> list[str]:
@@ -344,7 +334,7 @@ class Decontaminate(MapStage):
             skipped = 0
             for row_no, row in enumerate(read_rows(path, _file_format(path, bench.format))):
                 seen_fields.update(row)
-                text = " ".join(_flatten(row.get(f)) for f in bench.fields)
+                text = " ".join(flatten(row.get(f)) for f in bench.fields)
                 if len(words_of(text)) < self.min_item_words:
                     skipped += 1
                     continue

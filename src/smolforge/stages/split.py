@@ -33,20 +33,11 @@ from pydantic import Field, model_validator
 from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
+from smolforge.text import flatten
 
 log = logging.getLogger(__name__)
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return " ".join(_text(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return " ".join(_text(v) for v in value)
-    return str(value)
 
 
 def group_order(seed: int, group_ids: list[str]) -> list[int]:
@@ -140,7 +131,7 @@ class Split(GlobalStage):
             recs = shards.columns(i, ["id", *cols])
             sizes.append(len(recs))
             ids += [str(r["id"]) for r in recs]
-            texts += ["\n".join(_text(r.get(c)) for c in cols) for r in recs]
+            texts += ["\n".join(flatten(r.get(c)) for c in cols) for r in recs]
         is_test, root = assign(ids, texts, test_size=self.test_size, seed=self.seed,
                                threshold=self.threshold, ngram=self.ngram, unit=self.unit,
                                bands=self.bands, rows=self.rows)
