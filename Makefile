@@ -3,19 +3,65 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# llama-cpp-python compiles llama.cpp at install; skip the multimodal library we
-# do not use (about 40% faster). pip caches the wheel afterwards.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 DEMO_COUNT ?= 12
 
-.PHONY: demo test install install-train install-test install-bench system-deps gguf-converter github-issues lint bench clean
+# llama.cpp, compiled once per flavour into a wheel kept outside pip's cache (pip's
+# cache keys a built wheel by version only, so it would hand a native build to every
+# later install whatever CMAKE_ARGS say). The default is ONE portable instruction-set
+# baseline, x86-64-v3 (AVX2, FMA, F16C, BMI2; no AVX-512, no AMX, no -march=native):
+# every x86-64 machine from 2015 on runs the same kernels, so greedy output and judge
+# scores are the same on every CPU (tests/golden/) and no CPU-specific path can crash
+# (issue #20: the native build dies on AVX-512/AMX Xeons). SMOLFORGE_LLAMA_NATIVE=1
+# builds for this CPU instead (faster on some CPUs; output then depends on the CPU).
+# LLAVA_BUILD=OFF skips the multimodal library we do not use (about 40% faster).
+LLAMA_CPP_VERSION := 0.3.36
+SMOLFORGE_LLAMA_NATIVE ?= 0
+LLAMA_PORTABLE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+    -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF \
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+ifeq ($(SMOLFORGE_LLAMA_NATIVE),1)
+LLAMA_FLAVOUR := native-$(shell grep -m1 '^flags' /proc/cpuinfo | cksum | cut -d' ' -f1)
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON
+else
+LLAMA_FLAVOUR := x86-64-v3
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF $(LLAMA_PORTABLE_ARGS)
+endif
+SMOLFORGE_WHEELS ?= $(HOME)/.cache/smolforge/wheels
+LLAMA_WHEEL_DIR := $(SMOLFORGE_WHEELS)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_FLAVOUR)
+
+.PHONY: demo test test-fast llama-cpp llama-native-site native-wheel install install-train install-test install-bench system-deps gguf-converter github-issues lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+$(LLAMA_WHEEL_DIR)/.built: | $(BIN)/python
+	@echo "compiling llama.cpp ($(LLAMA_FLAVOUR)) once into $(LLAMA_WHEEL_DIR) (about 8 min on 2 cores)"
+	mkdir -p $(LLAMA_WHEEL_DIR)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir \
+	    --no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(LLAMA_WHEEL_DIR)
+	touch $@
+
+# The venv's llama-cpp-python is the flavour asked for (switching flavours reinstalls).
+$(VENV)/.llama-$(LLAMA_FLAVOUR): $(LLAMA_WHEEL_DIR)/.built
+	rm -f $(VENV)/.llama-*
+	$(BIN)/pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
+	$(BIN)/pip install --quiet $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
+	touch $@
+llama-cpp: $(VENV)/.llama-$(LLAMA_FLAVOUR)
+
+# A native build beside the portable one, for benchmarks/generation.py --native-site.
+LLAMA_NATIVE_SITE := $(VENV)/llama-native
+llama-native-site: | $(BIN)/python
+	$(MAKE) SMOLFORGE_LLAMA_NATIVE=1 native-wheel
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(LLAMA_NATIVE_SITE) \
+	    $$(ls $(SMOLFORGE_WHEELS)/llama-cpp-python-$(LLAMA_CPP_VERSION)-native-*/llama_cpp_python-*.whl | head -1)
+	@echo "native llama.cpp: $(LLAMA_NATIVE_SITE)"
+native-wheel: $(LLAMA_WHEEL_DIR)/.built
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(VENV)/.llama-$(LLAMA_FLAVOUR)
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -m smolforge.engines.llamacpp_build
 	touch $@
 
 # System packages the tests use for real: bubblewrap, setpriv and libseccomp (the
@@ -71,6 +117,10 @@ demo: install
 
 test: system-deps install-test
 	$(BIN)/python -m pytest -q --durations=15
+
+# The suite without the `slow` tests (recipes and CLI runs end to end).
+test-fast: system-deps install-test
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Close the loop on this machine: recipe -> train -> eval, base vs tuned with 95% CIs.
 github-issues: install-train

@@ -14,6 +14,15 @@ of each and the ratios of c (smolforge) to the others (targets: c/a >= 1.6, c/b 
 
     python benchmarks/generation.py                      # 64 prompts x 128 tokens
     python benchmarks/generation.py --prompts 8 --tokens 16   # quick check
+
+Builds (issue #20): `--native-site DIR` compares the installed llama.cpp build (the
+portable x86-64-v3 default) with a native one installed in DIR (`make llama-native-site`
+puts it in .venv/llama-native), each in its own child process, alternating for --rounds:
+smolforge's engine on the generation workload, and the `fineweb-edu` criteria judge
+(prefill-heavy: 7 questions per text) through a whole `smolforge.run`. Prints tokens/s of
+each, the ratios portable/native, and whether greedy texts and judge scores agree.
+
+    python benchmarks/generation.py --native-site .venv/llama-native --rounds 2
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import llama_cpp as lc
 import numpy as np
@@ -287,6 +297,79 @@ def run_server(
     return n, dt, [o["choices"][0]["message"]["content"] for o in outs]
 
 
+JUDGE_TEXTS = 16
+
+
+def child_build(prompts_n: int, tokens: int) -> dict:
+    """One build's figures, in this process (the parent chose the build by PYTHONPATH)."""
+    import hashlib
+
+    import smolforge as sf
+    from smolforge.engines.llamacpp_build import build_info
+    from smolforge.recipe import Recipe
+
+    n, dt, texts = run_engine(prompts(prompts_n), tokens, None, None)
+    corpus = Path(sf.__file__).parent / "recipes" / "edu_filter" / "corpus.jsonl"
+    docs = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    items = [{"text": d} for d in docs if len(d.split()) >= 60][:JUDGE_TEXTS]
+    recipe = Recipe.from_dict({"name": "judge-bench", "stages": [
+        {"type": "items", "items": items},
+        {"type": "judge", "rubric": "fineweb-edu", "method": "criteria", "column": "edu"}]})
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run = sf.run(recipe, out=f"{tmp}/run")
+        judge_s = time.perf_counter() - t0
+        usage = next(e["usage"] for e in run.manifest["engines"] if e.get("usage"))
+        scores = [round(x, 6) for x in run.data().column("edu").to_pylist()]
+    return {
+        "build": build_info(),
+        "gen_tok_s": n / dt,
+        "texts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16],
+        "judge_s": judge_s,
+        "judge_prompt_tok_s": usage["prompt_tokens"] / judge_s,
+        "judge_records_s": JUDGE_TEXTS / judge_s,
+        "scores_sha256": hashlib.sha256(json.dumps(scores).encode()).hexdigest()[:16],
+    }
+
+
+def compare_builds(native_site: str, prompts_n: int, tokens: int, rounds: int) -> dict:
+    """The installed (portable) build against the native one in `native_site`, each in a
+    child process, alternating; the best of `rounds` for each."""
+    site = os.path.abspath(native_site)
+    if not os.path.isdir(os.path.join(site, "llama_cpp")):
+        sys.exit(f"no llama_cpp in {site}: build it with `make llama-native-site`")
+    best: dict[str, dict] = {}
+    each: dict[str, list] = {"portable": [], "native": []}
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    for _ in range(rounds):
+        for name in ("portable", "native"):
+            env = dict(os.environ)
+            if name == "native":
+                env["PYTHONPATH"] = os.pathsep.join([site, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child-build", "--prompts", str(prompts_n),
+                 "--tokens", str(tokens)], env=env, capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout)
+            each[name].append({k: round(r[k], 1) for k in ("gen_tok_s", "judge_prompt_tok_s")})
+            b = best.setdefault(name, r)
+            for k in ("gen_tok_s", "judge_prompt_tok_s", "judge_records_s"):
+                b[k] = max(b[k], r[k])
+    p, n = best["portable"], best["native"]
+    return {
+        "prompts": prompts_n, "max_tokens": tokens, "judge_texts": JUDGE_TEXTS, "rounds": rounds,
+        "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "portable_build": p["build"]["isa"], "native_build": n["build"]["isa"],
+        "each_round": each,
+        "generation_tok_s": {"portable": round(p["gen_tok_s"], 1), "native": round(n["gen_tok_s"], 1)},
+        "judge_prompt_tok_s": {"portable": round(p["judge_prompt_tok_s"], 1),
+                               "native": round(n["judge_prompt_tok_s"], 1)},
+        "ratio_portable_over_native_generation": round(p["gen_tok_s"] / n["gen_tok_s"], 3),
+        "ratio_portable_over_native_judge": round(p["judge_prompt_tok_s"] / n["judge_prompt_tok_s"], 3),
+        "greedy_texts_identical": p["texts_sha256"] == n["texts_sha256"],
+        "judge_scores_identical": p["scores_sha256"] == n["scores_sha256"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=64)
@@ -321,9 +404,19 @@ def main() -> None:
         help="run a,b,c,d this many times, interleaved; report each one's best "
         "(the machine may be shared: the best run is the least disturbed)",
     )
+    ap.add_argument("--native-site", default=None,
+                    help="compare the installed build with the native llama_cpp in this folder")
+    ap.add_argument("--child-build", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    set_verbose(False)  # llama.cpp: errors only, whichever phase loads first
+    set_verbose(False)
+    if args.child_build:
+        print(json.dumps(child_build(args.prompts, args.tokens)))
+        return
+    if args.native_site:
+        print(json.dumps(compare_builds(args.native_site, args.prompts, args.tokens, args.rounds),
+                         indent=2))
+        return  # llama.cpp: errors only, whichever phase loads first
     path = str(resolve_model_path("smollm2-135m"))
     chats = prompts(args.prompts)
     skip = set(args.skip.split(",")) - {""}

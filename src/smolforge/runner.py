@@ -102,6 +102,7 @@ class Runner:
         self.pool = EnginePool()
         self.names = recipe.stage_names()
         self.warnings: list[str] = []
+        self.manifest: dict = {}
         # Who computes the shards: LocalExecutor (default) or executors.ray.RayExecutor.
         self.executor = executor if executor is not None else LocalExecutor()
         self.rounds: Rounds | None = None
@@ -110,6 +111,25 @@ class Runner:
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def _note_llama_build(self) -> None:
+        """Record the llama.cpp build this attempt generates with; warn when an earlier
+        attempt of the run used one whose greedy output can differ (its shards and cached
+        responses are kept, not recomputed: the warning is what says the data mixes)."""
+        attempts = self.manifest.get("attempts", [])
+        if not attempts or "llama_cpp_build" in attempts[-1]:
+            return
+        from smolforge.engines.llamacpp_build import build_info, describe, same_numerics
+
+        build = attempts[-1]["llama_cpp_build"] = build_info()
+        prev = next((a["llama_cpp_build"] for a in reversed(attempts[:-1]) if a.get("llama_cpp_build")), None)
+        if prev is not None and not same_numerics(prev, build):
+            self.warn(
+                f"this run was started with {describe(prev)} and continues with {describe(build)}: "
+                "greedy texts and judge scores of the requests still to generate can differ from "
+                "what the first build would give. Finished shards and cached responses are kept; "
+                "to have the whole run from one build, re-run into a new --out."
+            )
 
     def base_context(self) -> StageContext:
         return StageContext(
@@ -133,6 +153,7 @@ class Runner:
             self.store.release()
 
     def _run(self, manifest: dict) -> Run:
+        self.manifest = manifest
         attempt = manifest["attempts"][-1]
         base = self.base_context()
         target = self.recipe.target
@@ -318,7 +339,8 @@ class Runner:
             assert prev is not None
             self.progress.start_records(name, _records_out(prev, n_in))
             # engines built on the driver (not loaded) so the manifest describes them
-            stage_engines(stage, ctx)
+            if any(e.kind == "llamacpp" for e in stage_engines(stage, ctx)):
+                self._note_llama_build()
             if isinstance(stage, MapStage):
                 todo = []
                 for j in range(n_in):
