@@ -293,12 +293,14 @@ def test_export_pairs_the_columns_the_recipe_declared(tmp_path):
     assert p.returncode == 0 and "prompt=topic (--prompt-column)" in p.stderr, p.stderr
 
 
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("ray") is not None, reason="Ray is installed")
 def test_missing_ray_prints_the_whole_install_line(tmp_path):
     """The terminal renderer treats `[ray]` as markup unless escaped: the hint must
-    read `pip install 'smolforge[ray]'`, not `pip install 'smolforge'`."""
+    read `pip install 'smolforge[ray]'`, not `pip install 'smolforge'`. Ray is made
+    unimportable in the child (`None` in sys.modules), as on a machine without it."""
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
-    p = smolforge("run", str(path), "--out", str(tmp_path / "run"), "--executor", "ray")
+    code = ("import sys; sys.modules['ray'] = None; from smolforge.cli import main; "
+            f"sys.exit(main(['run', {str(path)!r}, '--out', {str(tmp_path / 'run')!r}, '--executor', 'ray']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert p.returncode == 1
     assert "pip install 'smolforge[ray]'" in p.stderr, p.stderr
 

@@ -125,9 +125,10 @@ def test_eval_refuses_data_without_a_split_unless_told(tmp_path):
     would score the training rows as a test set. Refused (exit 2, saying how to
     proceed); `--split all` scores every row knowingly."""
     data = tmp_path / "nosplit.jsonl"
-    data.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Say {i}.", "completion": str(i)}) + "\n"
-                            for i in range(3)))
-    r = smolforge("eval", "smollm2-135m", "--data", str(data))
+    data.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Say {i}.", "completion": json.dumps({"n": i})})
+                            + "\n" for i in range(3)))
+    r = smolforge("eval", "smollm2-135m", "--data", str(data), "--tasks", "json", "--limit", "1",
+                  "--max-tokens", "4", "--resamples", "10")
     assert r.returncode == 2, r.stderr
     assert "no `split` column" in r.stderr and "--split all" in r.stderr
     from smolforge.train.eval import EvalDataError, load_examples

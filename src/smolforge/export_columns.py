@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smolforge.columns import run_declared
+from smolforge.columns import RESPONSE_NAMES, run_declared
 from smolforge.export import ExportError
 from smolforge.store import data_files
 
@@ -49,6 +49,11 @@ def choose_columns(run_dir: str | Path, fmt: str, prompt: str | None = None, res
     candidates = ", ".join(_text_columns(schema)) or "none"
     d = run_declared(run_dir)
     where = f"the recipe's stage {d.stage!r}" if d.stage else "the recipe"
+    if d.stage is None:  # no generation stage: data brought in as it is, by the conventional names
+        where = "the column's name (the recipe has no generation stage)"
+        d.prompt = "prompt" if "prompt" in names else None
+        named = [c for c in RESPONSE_NAMES if c in names]
+        d.response = named[0] if len(named) == 1 else None
     source: dict[str, str] = {}
 
     def pick(role: str, given: str | None, default: str | None, flag: str, why: str) -> str:
@@ -69,7 +74,9 @@ def choose_columns(run_dir: str | Path, fmt: str, prompt: str | None = None, res
     out: dict[str, Any] = {}
     if fmt == "chat":
         out["response"] = pick("response", response, d.response, "--response-column",
-                               "the recipe declares no generation stage, so the assistant turn is not known")
+                               f"the last generation, {where}, writes no answer, so the assistant turn is not known"
+                               if d.stage else "the recipe has no generation stage and the "
+                               "data no single `completion` or `response` column, so the assistant turn is not known")
     if fmt in ("dpo", "kto") and not d.preference and prompt is None and d.prompt is None:
         d.prompt = "prompt"  # not a `pairs` run: to_preference says what is missing
     out["prompt"] = pick("prompt", prompt, d.prompt, "--prompt-column",
