@@ -161,6 +161,57 @@ def test_ctrl_c_exits_130_and_a_rerun_resumes_without_paying_twice(tmp_path):
     assert [a["status"] for a in run.manifest["attempts"]] == ["interrupted", "done"]
 
 
+@pytest.mark.slow
+def test_a_killed_run_shows_what_finished_and_how_to_resume(tmp_path):
+    """kill -9 mid-run leaves the manifest at `running` with no stage table: `show`
+    and `report` say the run stopped, list what each stage committed, and print the
+    command that resumes it; that command finishes the run."""
+    first_run = {"stuck": True}
+
+    def answer(body: dict) -> str | Fault:
+        if first_run["stuck"] and user_text(body) == "Write about topic-3.":
+            return Fault.slow(60)
+        return echo(body)
+
+    with canned_server(answer) as server:
+        path = write_recipe(tmp_path / "r.yaml", canned_recipe(server.url))
+        out = tmp_path / "run"
+        argv = ["run", str(path), "--out", str(out), "--quiet"]
+        proc = subprocess.Popen([sys.executable, "-m", "smolforge.cli", *argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (out / "stages" / "01-generate" / "shard-00000.done").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.kill()
+        proc.communicate(timeout=60)
+        assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+
+        shown = smolforge("show", str(out), "--json")
+        assert shown.returncode == 0, shown.stderr
+        part = json.loads(shown.stdout)["partial"]
+        assert part["state"].startswith("stopped without finishing")
+        stages = {s["name"]: s for s in part["stages"]}
+        assert stages["items"]["complete"] and stages["items"]["out"] == 6
+        assert not stages["generate"]["complete"]
+        assert (stages["generate"]["shards_done"], stages["generate"]["shards"]) == (1, 3)
+        assert stages["generate"]["out"] == 2
+        assert part["resume"] == "smolforge " + " ".join(argv)
+        human = smolforge("show", str(out))
+        assert "partial run: stopped without finishing" in human.stdout
+        assert "smolforge " + " ".join(argv) in human.stdout and "1/3" in human.stdout
+        page = smolforge("report", str(out), "--tokenizer", "approx")
+        assert page.returncode == 0, page.stderr
+        html = (out / "report.html").read_text()
+        assert "Partial run" in html and f"--out {out}" in html
+
+        first_run["stuck"] = False
+        p = smolforge(*argv)
+        assert p.returncode == 0, p.stderr
+    assert [r["text"] for r in sf.Run(out).data().to_pylist()] == [f"text on topic-{i}" for i in range(6)]
+    assert json.loads(smolforge("show", str(out), "--json").stdout)["partial"] is None
+
+
 def test_show_samples_prints_that_many_records(tmp_path):
     with canned_server(echo) as server:
         run = sf.run(write_recipe(tmp_path / "r.yaml", canned_recipe(server.url)), out=tmp_path / "run")
@@ -194,6 +245,64 @@ def test_export_chat_with_system_and_prompt_columns_loads_as_trl_messages(tmp_pa
         {"role": "user", "content": "Write about topic-0."},
         {"role": "assistant", "content": "text on topic-0"}]
     assert ds.num_rows == 3
+
+
+def test_export_pairs_the_columns_the_recipe_declared(tmp_path):
+    """A recipe whose `generate` writes `answer` (prompt kept in `question`) next to a
+    source `text`: the chat export pairs question -> answer without flags, says so on
+    stderr and in the Parquet metadata; the Python API does the same. A recipe that
+    does not keep its prompt is refused (exit 2) with the candidate columns, and so is
+    a named column the data lacks."""
+    import pyarrow.parquet as pq
+
+    from smolforge.export import export
+    from smolforge.export_columns import AmbiguousColumns
+
+    with canned_server(echo) as server:
+        recipe = canned_recipe(server.url, n=2, output="answer", prompt_column="question")
+        for i, item in enumerate(recipe["stages"][0]["items"]):
+            item["text"] = f"source paragraph {i}"
+        run = sf.run(write_recipe(tmp_path / "r.yaml", recipe), out=tmp_path / "run")
+        unkept = canned_recipe(server.url, n=2, prompt_column=None, output="answer",
+                               template="Write about {{ topic }} for {{ topic }}.")
+        bare = sf.run(write_recipe(tmp_path / "u.yaml", unkept), out=tmp_path / "unkept")
+    to = tmp_path / "chat.jsonl"
+    p = smolforge("export", str(run.path), "--format", "chat", "--to", str(to))
+    assert p.returncode == 0, p.stderr
+    assert "prompt=question" in p.stderr and "response=answer" in p.stderr and "'generate'" in p.stderr
+    rows = [json.loads(line) for line in to.read_text().splitlines()]
+    assert rows[0]["messages"] == [{"role": "user", "content": "Write about topic-0."},
+                                   {"role": "assistant", "content": "text on topic-0"}]
+    assert export(run.path, "chat", tmp_path / "chat.parquet") == 2
+    table = pq.read_table(tmp_path / "chat.parquet")
+    used = json.loads(table.schema.metadata[b"smolforge.columns"])
+    assert (used["prompt"], used["response"], used["system"]) == ("question", "answer", None)
+    assert table.column("messages").to_pylist()[1][1]["content"] == "text on topic-1"
+
+    p = smolforge("export", str(bare.path), "--format", "chat", "--to", str(tmp_path / "x.jsonl"))
+    assert p.returncode == 2, p.stderr
+    assert "--prompt-column" in p.stderr and "topic" in p.stderr and "answer" in p.stderr
+    assert not (tmp_path / "x.jsonl").exists()
+    with pytest.raises(AmbiguousColumns, match="text columns: topic, answer"):
+        export(bare.path, "grpo", tmp_path / "x.jsonl")
+    p = smolforge("export", str(bare.path), "--format", "chat", "--to", str(tmp_path / "x.jsonl"),
+                  "--prompt-column", "topic", "--response-column", "nope")
+    assert p.returncode == 2 and "--response-column nope: no such column" in p.stderr
+    p = smolforge("export", str(bare.path), "--format", "chat", "--to", str(tmp_path / "x.jsonl"),
+                  "--prompt-column", "topic")
+    assert p.returncode == 0 and "prompt=topic (--prompt-column)" in p.stderr, p.stderr
+
+
+def test_missing_ray_prints_the_whole_install_line(tmp_path):
+    """The terminal renderer treats `[ray]` as markup unless escaped: the hint must
+    read `pip install 'smolforge[ray]'`, not `pip install 'smolforge'`. Ray is made
+    unimportable in the child (`None` in sys.modules), as on a machine without it."""
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
+    code = ("import sys; sys.modules['ray'] = None; from smolforge.cli import main; "
+            f"sys.exit(main(['run', {str(path)!r}, '--out', {str(tmp_path / 'run')!r}, '--executor', 'ray']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert p.returncode == 1
+    assert "pip install 'smolforge[ray]'" in p.stderr, p.stderr
 
 
 def test_subprocess_timeout_is_below_pytests():

@@ -120,6 +120,24 @@ def test_eval_cli_errors(tmp_path, issues_file):
     assert r.returncode == 2 and "model.gguf" in r.stderr
 
 
+def test_eval_refuses_data_without_a_split_unless_told(tmp_path):
+    """Data with no `split` column has no held-out rows: the default `--split test`
+    would score the training rows as a test set. Refused (exit 2, saying how to
+    proceed); `--split all` scores every row knowingly."""
+    data = tmp_path / "nosplit.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Say {i}.", "completion": json.dumps({"n": i})})
+                            + "\n" for i in range(3)))
+    r = smolforge("eval", "smollm2-135m", "--data", str(data), "--tasks", "json", "--limit", "1",
+                  "--max-tokens", "4", "--resamples", "10")
+    assert r.returncode == 2, r.stderr
+    assert "no `split` column" in r.stderr and "--split all" in r.stderr
+    from smolforge.train.eval import EvalDataError, load_examples
+
+    with pytest.raises(EvalDataError, match="no `split` column"):
+        load_examples(EvalConfig(models=["smollm2-135m"], data=str(data)))
+    assert len(load_examples(EvalConfig(models=["smollm2-135m"], data=str(data), split=None))) == 3
+
+
 @pytest.mark.slow
 def test_eval_ifeval_and_code_tasks_score_the_answers_with_the_verifiers(tmp_path):
     """The `ifeval` and `code` tasks run the model, then IFEval's checks and the

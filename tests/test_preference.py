@@ -140,6 +140,16 @@ def test_pairs_stage_in_a_run_counts_reasons_and_summary(tmp_path):
     assert s["pairs"] == 2 and s["chosen_score_hist"] == {"4.5": 1, "5": 1}
     assert sum(s["rejected_score_hist"].values()) == 2
     assert s["teacher_wins"]["big"] == {"chosen": 1, "rejected": 1, "win_rate": 0.5}
+    # show, report and card describe the pairs by chosen and rejected, not by a `text` column
+    from smolforge.report.stats import profile, summarize
+
+    prof = profile(run.path, tokenizer="approx")
+    assert prof["column"] == "chosen" and list(prof["columns"]) == ["chosen", "rejected"]
+    for col in ("chosen", "rejected"):
+        texts = [r[col] for r in rows]
+        assert prof["columns"][col]["lengths"]["n"] == 2
+        assert prof["columns"][col]["lengths"]["max"] == max(-(-len(t) // 4) for t in texts)
+    assert summarize(run.path)["text_columns"]["rejected"]["texts"] == 2
     # seeded: a second run picks the same rejected candidates
     again = sf.run(recipe, tmp_path / "run2").data().column("rejected").to_pylist()
     assert again == [r["rejected"] for r in rows]
@@ -326,7 +336,9 @@ def test_reward_model_over_pooling_api(tmp_path, pooling_server):
         {"type": "items", "items": items},
         {"type": "rate", "method": "reward", "reward": {"url": pooling_server, "model": "rm", "retries": 1}},
         {"type": "pairs", "strategy": "best_worst"}]}
-    first = sf.run(recipe, tmp_path / "run")
+    with pytest.raises(sf.EngineFailures, match="1 record.s. failed for engine reasons") as e:
+        sf.run(recipe, tmp_path / "run")  # the API does not return normally from an incomplete run
+    first = e.value.run
     assert first.manifest["status"] == "incomplete"
     reasons = [r["reason"] for r in first.rejects().to_pylist() if r["stage"] == "rate"]
     assert len(reasons) == 1 and reasons[0].startswith("engine error: engine error (reward): HTTP 500")

@@ -173,3 +173,38 @@ def test_show_prints_stage_summaries(tmp_path):
     p = smolforge("show", str(run))
     assert p.returncode == 0, p.stderr
     assert "dedup summary: agreement=0.75" in p.stdout and '{"1": 3}' in p.stdout
+
+
+def test_show_and_report_profile_the_generated_column_not_the_source(tmp_path):
+    """A question/answer run whose `text` holds the long source paragraphs and whose
+    `generate` writes short answers: `show`, the report's figures and the card
+    describe `answer` (the recipe's declared output), `--column text` the source;
+    an unknown `--column` is refused (exit 2)."""
+    from faultproxy import canned_server, user_text
+
+    sources = [" ".join(["source"] * 60) + f" {i}" for i in range(3)]
+    with canned_server(lambda body: "answer " + user_text(body).split()[-1]) as server:
+        recipe = write_recipe(tmp_path / "qa.yaml", {"name": "qa", "stages": [
+            {"type": "items", "items": [{"text": t, "topic": f"t{i}"} for i, t in enumerate(sources)]},
+            {"type": "generate", "template": "Ask about {{ topic }}", "output": "answer",
+             "prompt_column": "question", "max_tokens": 8, "temperature": 0,
+             "engine": {"type": "openai", "base_url": server.url, "model": "m", "max_retries": 0}}]})
+        run = sf.run(str(recipe), tmp_path / "run")
+    answers = run.data().column("answer").to_pylist()
+    assert answers == [f"answer t{i}" for i in range(3)]
+    p = profile(run.path, tokenizer="approx")
+    assert p["column"] == "answer" and list(p["columns"]) == ["answer"]
+    assert p["lengths"]["max"] == max(-(-len(a) // 4) for a in answers)  # not the 300-character sources
+    assert p["diversity"]["openings"][0] == {"opening": "answer t0", "count": 1}
+    assert profile(run.path, tokenizer="approx", column="text")["lengths"]["min"] >= 60
+    shown = smolforge("show", str(run.path))
+    assert shown.returncode == 0, shown.stderr
+    assert "column answer: 3 texts, 2 words on average" in shown.stdout
+    assert "column text" not in shown.stdout
+    assert "column text: 3 texts, 61 words" in smolforge("show", str(run.path), "--column", "text").stdout
+    r = smolforge("report", str(run.path), "--tokenizer", "approx")
+    assert r.returncode == 0, r.stderr
+    html = (run.path / "report.html").read_text()
+    assert "length of answer in tokens" in html and "length of text" not in html
+    bad = smolforge("report", str(run.path), "--column", "nope")
+    assert bad.returncode == 2 and "--column nope: no such column" in bad.stderr

@@ -106,6 +106,25 @@ def test_budget_spent_exits_4_with_partial_output_then_resumes(tmp_path):
     assert len(data) == 30 and all(d["n"] % 3 == 0 for d in data) and len({d["n"] for d in data}) == 30
 
 
+def test_the_python_api_raises_what_the_cli_exits_non_zero_for(tmp_path):
+    """`smolforge.run` with a missed target raises TargetMissed (the CLI's exit 4)
+    carrying the run; an empty result raises EmptyRun (exit 3) unless allow_empty;
+    `executor=` takes the CLI's names."""
+    import smolforge as sf
+
+    with pytest.raises(sf.TargetMissed, match="target not reached: .* of 30 records") as e:
+        sf.run(recipe(tmp_path, 30, 40), tmp_path / "run", executor="local")
+    assert e.value.exit_code == 4 and not e.value.run.manifest["target"]["reached"]
+    assert 0 < e.value.run.data().num_rows < 30
+    empty = {"name": "e", "stages": [{"type": "items", "items": [{"n": 1}]}, {"type": "filter", "where": "n > 1"}]}
+    with pytest.raises(sf.EmptyRun, match="kept no records") as e:
+        sf.run(empty, tmp_path / "empty")
+    assert isinstance(e.value, sf.RunIncomplete) and e.value.exit_code == 3
+    assert sf.run(empty, tmp_path / "empty", allow_empty=True).manifest["status"] == "done"
+    with pytest.raises(ValueError, match="unknown executor 'nope'"):
+        sf.run(empty, tmp_path / "x", executor="nope")
+
+
 def test_a_source_that_gives_nothing_new_stops(tmp_path):
     """`items` has no seed to vary: later rounds repeat it, dedup drops every record,
     and the run stops after three empty rounds instead of spending the whole budget."""

@@ -65,6 +65,20 @@ def test_cli_does_not_import_torch():
     assert out.strip() == "[]"
 
 
+def test_train_without_torch_says_what_to_install(tmp_path, tiny_run):
+    """Without torch (here: the import made to fail in the child, as `None` in
+    sys.modules does), `smolforge train` names the missing packages and the install
+    line (rich would eat an unescaped `[train]`), exit 1, nothing written."""
+    code = ("import sys; sys.modules['torch'] = None; from smolforge.cli import main; "
+            f"sys.exit(main(['train', {str(tiny_run)!r}, '--out', {str(tmp_path / 'o')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "ModuleNotFoundError" not in r.stderr and "Traceback" not in r.stderr
+    assert "needs the train extra (torch" in r.stderr
+    assert "pip install torch==2.13.0 'smolforge[train]'" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_sft_lora_saves_and_round_trips_through_gguf(tiny_run, tmp_path):
     import numpy as np

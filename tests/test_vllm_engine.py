@@ -61,6 +61,22 @@ def test_missing_vllm_raises_an_install_hint():
         e.sampling_params(Request(prompt="x", json_schema=SCHEMA))
 
 
+@pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed here")
+def test_a_run_without_vllm_stops_before_any_stage(tmp_path):
+    """Without vLLM installed, `smolforge run` of a recipe that names it stops at once
+    with the install line (rich markup does not eat it), before the source is read:
+    no run directory is left behind."""
+    from conftest import smolforge, write_recipe
+
+    path = write_recipe(tmp_path / "v.yaml", {"name": "v", "stages": [
+        {"type": "items", "items": [{"topic": "a"}]},
+        {"type": "generate", "template": "{{ topic }}", "engine": {"type": "vllm", "model": "m"}}]})
+    r = smolforge("run", str(path), "--out", str(tmp_path / "run"))
+    assert r.returncode == 1, r.stderr
+    assert "needs vLLM: pip install vllm (CUDA GPUs" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------ stand-in vllm (no GPU here)
 
 @dataclass

@@ -16,14 +16,22 @@ def run(
     overrides: list[str] | None = None,
     cache: str | Path | None = None,
     allow_paths: list[str | Path] | None = None,
+    executor: Any = "local",
+    address: str | None = None,
+    allow_empty: bool = False,
 ):
     """Run a recipe (a `Recipe`, a dict, a YAML path or a built-in name) into `out`
     and return the `Run`; `.data()` gives the final pyarrow Table. Re-running
     with the same `out` resumes. `overrides` are `--set PATH=VALUE` strings and
     `allow_paths` extra folders the recipe may read from (`--allow-path`), for
-    every kind of `recipe`."""
+    every kind of `recipe`. `executor` is `"local"`, `"ray"` (with `address`, as
+    `--executor` / `--address`) or an executor object.
+
+    What the CLI reports with a non-zero exit raises here, so it cannot pass
+    unnoticed (each a `RunIncomplete` whose `.run` is the run): `EngineFailures`,
+    `TargetMissed`, and `EmptyRun` unless `allow_empty`."""
     from smolforge.recipe import Recipe, load_recipe
-    from smolforge.runner import Runner
+    from smolforge.runner import Runner, check_outcome
 
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe, overrides=overrides, allow_paths=allow_paths)
@@ -31,7 +39,12 @@ def run(
         recipe = recipe.with_overrides(overrides, allow_paths)
     else:
         recipe = load_recipe(recipe, overrides, allow_paths=allow_paths)
-    return Runner(recipe, out, limit=limit, cache=cache).run()
+    if isinstance(executor, str):
+        from smolforge.executors import make_executor
+
+        executor = make_executor(executor, address=address)
+    return check_outcome(Runner(recipe, out, limit=limit, cache=cache, executor=executor).run(),
+                         allow_empty=allow_empty)
 
 
 def __getattr__(name: str) -> Any:
@@ -40,8 +53,8 @@ def __getattr__(name: str) -> Any:
         from smolforge import recipe as _r
 
         return getattr(_r, name)
-    if name == "Run":
-        from smolforge.runner import Run
+    if name in ("Run", "RunIncomplete", "EngineFailures", "EmptyRun", "TargetMissed"):
+        from smolforge import runner as _run
 
-        return Run
+        return getattr(_run, name)
     raise AttributeError(name)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from smolforge import __version__
 
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--samples", type=int, default=3)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--column", help="describe this text column (default: every text column the recipe generated)")
     s.add_argument("--rejects", action="store_true", help="list the rejected records instead")
     s.add_argument("--stage", help="--rejects: only this stage's")
     s.add_argument("--reason", help="--rejects: only those whose reason contains this (or whose rule is this)")
@@ -76,9 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--to", required=True, help="output file (hf: a folder)")
     e.add_argument("--license", help="hf: the dataset's licence in the card (default: other)")
     e.add_argument("--split", help="only the records whose `split` column is this (jsonl, parquet, chat)")
-    e.add_argument("--prompt-column", default="prompt", help="chat, dpo, kto: the user turn")
-    e.add_argument("--response-column", default="text", help="chat: the assistant turn")
-    e.add_argument("--system-column", help="chat, dpo, kto: an optional system turn")
+    e.add_argument("--prompt-column", help="chat, dpo, kto, grpo: the user turn (default: the prompt that "
+                   "produced the recipe's last generation)")
+    e.add_argument("--response-column", help="chat: the assistant turn (default: the recipe's last "
+                   "generation stage's output)")
+    e.add_argument("--system-column", help="chat, dpo, kto, grpo: a system turn (default: the one the "
+                   "recipe's stage writes, if any)")
 
     from smolforge.train import cli as train_cli  # train, eval (torch etc. imported only when run)
 
@@ -94,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `show` prints it as the resume command
     err = Console(stderr=True, soft_wrap=True)
     from smolforge.recipe import RecipeError
     from smolforge.store import RunDirError, RunLocked
@@ -118,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"  {line}", highlight=False, markup=False)
         return 2
     except RunDirError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return 2
     except RunLocked as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return 1
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
@@ -130,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("SMOLFORGE_DEBUG"):
             raise
-        err.print(f"[red]error:[/red] {type(e).__name__}: {e}", highlight=False)
-        return 1
+        # 2: a command-line problem an error class declares (export's AmbiguousColumns)
+        code = 2 if getattr(e, "exit_code", None) == 2 else 1
+        err.print(f"[red]error:[/red] {type(e).__name__ + ': ' if code == 1 else ''}{escape(str(e))}",
+                  highlight=False)
+        return code
 
 
 def _without_pandas_in_pyarrow() -> None:
@@ -182,7 +191,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from smolforge.executors import make_executor, target_missed
 
     executor = make_executor(args.executor, address=args.address)
-    run = Runner(recipe, out, limit=args.limit, cache=args.cache, progress=progress, executor=executor).run()
+    import shlex
+
+    command = "smolforge " + shlex.join(args.argv)
+    run = Runner(recipe, out, limit=args.limit, cache=args.cache, progress=progress, executor=executor,
+                 command=command).run()
     # --quiet prints nothing: the manifest's counts are enough (summarize reads the
     # whole dataset), unless the run is empty and the user is told why.
     manifest = run.manifest
@@ -196,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     failures = run.manifest.get("engine_failures", {})
     if failures.get("records"):
         err.print(f"[red]{failures['records']} record(s) failed for engine reasons[/red] "
-                  f"(first: {failures['first_error']}); re-run to retry")
+                  f"(first: {escape(str(failures['first_error']))}); re-run to retry")
         return 1
     if (code := target_missed(run.manifest, err)) is not None:
         return code
@@ -281,7 +294,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         from smolforge.report.show import show_rejects
 
         return show_rejects(args)
-    summary = summarize(args.run_dir, samples=args.samples)
+    summary = summarize(args.run_dir, samples=args.samples, column=args.column)
     if args.json:
         print(json.dumps(summary, default=str, indent=2))
     else:
@@ -294,7 +307,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     n = export(args.run_dir, args.format, args.to, args.prompt_column, args.response_column, args.system_column,
                split=args.split, licence=args.license)
-    Console(stderr=True).print(f"wrote {n} records to {args.to}")
+    Console(stderr=True).print(f"wrote {n} records to {args.to}", markup=False, highlight=False)
     return 0
 
 

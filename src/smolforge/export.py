@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,8 +52,8 @@ def export(
     run_dir: str | Path,
     fmt: str,
     to: str | Path,
-    prompt_column: str = "prompt",
-    response_column: str = "text",
+    prompt_column: str | None = None,
+    response_column: str | None = None,
     system_column: str | None = None,
     *,
     split: str | None = None,
@@ -64,6 +65,13 @@ def export(
         from smolforge.report.card import export_hf
 
         return export_hf(run_dir, to, licence=licence)
+    # chat, dpo, kto, grpo: the columns the recipe declared unless named (export_columns.py)
+    from smolforge.export_columns import choose_columns, describe
+
+    columns = choose_columns(run_dir, fmt, prompt_column, response_column, system_column)
+    if columns:
+        prompt_column, response_column, system_column = columns["prompt"], columns.get("response"), columns["system"]
+        print(f"{fmt} export: {describe(columns)}", file=sys.stderr, flush=True)
     table = read_data(run_dir)
     if split is not None:  # the `split` column (split / anneal stages) selects the records
         table = select_split(table, split)
@@ -77,6 +85,9 @@ def export(
         from smolforge.export_grpo import to_grpo
 
         table = to_grpo(table, prompt_column, system_column)
+    if columns:  # which column played which role, in the file (Parquet) too
+        meta = {b"smolforge.columns": json.dumps(columns).encode()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     to = Path(to)
     to.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet" or (fmt in ("chat", "dpo", "kto", "grpo") and to.suffix == ".parquet"):

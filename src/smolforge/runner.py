@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -25,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smolforge.context import EnginePool, StageContext, derive_seed
+from smolforge.context import EnginePool, StageContext, build_engine, derive_seed
 from smolforge.engines.cache import ResponseCache
 from smolforge.executors.local import LocalExecutor, commit, snapshot, stage_engines
 from smolforge.progress import StageProgress
@@ -78,6 +79,51 @@ class Run:
         return f"Run({str(self.path)!r})"
 
 
+class RunIncomplete(RuntimeError):
+    """A run that finished without giving what was asked (the Python API's exit
+    codes): `.run` is the run directory, whose finished work a re-run reuses."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, run: Run):
+        super().__init__(message)
+        self.run = run
+
+
+class EngineFailures(RunIncomplete):
+    """Records failed for engine reasons (the CLI's exit 1); a re-run retries them."""
+
+
+class EmptyRun(RunIncomplete):
+    """The run kept no records (the CLI's exit 3)."""
+
+    exit_code = 3
+
+
+class TargetMissed(RunIncomplete):
+    """A recipe `target:` was not reached within max_candidates (the CLI's exit 4)."""
+
+    exit_code = 4
+
+
+def check_outcome(run: Run, *, allow_empty: bool = False) -> Run:
+    """Raise what the CLI reports with a non-zero exit: engine failures, a missed
+    `target:`, an empty result (unless `allow_empty`). Returns `run` otherwise."""
+    m = run.manifest
+    failures = m.get("engine_failures", {})
+    if failures.get("records"):
+        raise EngineFailures(f"{run.path}: {failures['records']} record(s) failed for engine reasons "
+                             f"(first: {failures.get('first_error')}); re-run to retry", run)
+    t = m.get("target")
+    if t and not t.get("reached", True):
+        raise TargetMissed(f"{run.path}: target not reached: {t.get('kept', 0)} of {t['records']} records "
+                           f"after {t.get('candidates')} candidates ({t.get('stopped')})", run)
+    if not allow_empty and m.get("data", {}).get("rows", 0) == 0:
+        raise EmptyRun(f"{run.path}: the run kept no records (see `smolforge show {run.path}`; "
+                       "allow_empty=True to accept an empty dataset)", run)
+    return run
+
+
 class Runner:
     """Runs a recipe into a run directory. Opening the directory takes its lock
     (`RunLocked` if another process holds it) and refuses a directory that is not a
@@ -92,8 +138,12 @@ class Runner:
         cache: str | Path | None = None,
         progress: StageProgress | None = None,
         executor: Any = None,
+        command: str | None = None,
     ):
         self.recipe = recipe
+        self.command = command  # the CLI line that started it: what `show` says resumes it
+        if executor is None or isinstance(executor, LocalExecutor):
+            check_engines(recipe)  # before the run directory exists (Ray: the actors' machines decide)
         self.store = RunStore(out)
         self.limit = limit
         self.cache_path = Path(cache) if cache else self.store.root / "cache.sqlite"
@@ -461,6 +511,11 @@ class Runner:
             versions=package_versions(),
             status="running",
         )
+        if self.command:
+            manifest.update(command=self.command, cwd=os.getcwd())
+        else:  # the Python API: the same call (or `smolforge run RECIPE --out RUN`) resumes
+            manifest.pop("command", None)
+            manifest.pop("cwd", None)
         manifest["attempts"].append(
             {"started_at": _now(), "status": "running", "generated": 0, "cache_hits": 0, "failed_requests": 0}
         )
@@ -490,6 +545,17 @@ class Runner:
                 d["identity_error"] = str(exc)
             out.append(d)
         return out
+
+
+def check_engines(recipe: Recipe) -> None:
+    """Every engine a stage names (or the recipe's default) can run here: a missing
+    package (vLLM) stops the run before anything is read or written."""
+    for stage in recipe.stages:
+        if "engine" not in type(stage).model_fields:
+            continue
+        specs = stage.engine if isinstance(stage.engine, list) else [stage.engine]
+        for spec in specs:
+            build_engine(spec if spec is not None else recipe.engine).check_available()
 
 
 def _rows_or_tables(items):

@@ -134,6 +134,12 @@ class Engine(BaseModel):
     def close(self) -> None:
         """Release models, threads and connections."""
 
+    def check_available(self) -> None:
+        """Raise `EngineUnavailable` (with the install line) when this engine cannot
+        run in this environment at all, e.g. its package is not installed. Called
+        before any stage runs, so a missing package does not cost a run directory
+        with the source read and then a failure. Loads nothing."""
+
     def attach_run_dir(self, run_dir: Path) -> None:
         """The run directory this engine serves (a managed server writes its log there);
         called by `StageContext.engine`. Most engines ignore it."""

@@ -115,6 +115,13 @@ class VLLMEngine(Engine):
     _usage: dict[str, int] = PrivateAttr(
         default_factory=lambda: dict.fromkeys(("requests", "prompt_tokens", "completion_tokens"), 0))
 
+    def check_available(self) -> None:
+        import importlib.util
+        import sys
+
+        if sys.modules.get("vllm") is None and importlib.util.find_spec("vllm") is None:
+            raise EngineUnavailable(INSTALL_HINT)
+
     def identity(self) -> dict[str, Any]:
         ident: dict[str, Any] = {"kind": self.kind, "model": self.model}
         for k in ("tokenizer", "revision", "quantization"):

@@ -216,11 +216,15 @@ def card(summary: dict, prof: dict, splits: dict[str, pa.Table], licence: str | 
 
     out.append("## Statistics\n")
     d, px = p["diversity"], p["proxy_words"]
-    stats = [["records", n], [f"mean length ({p['tokenizer']})", p["lengths"].get("mean")],
-             ["distinct-1 / distinct-2", f"{d['distinct_1']} / {d['distinct_2']}"],
-             ["compression ratio (raw / gzip)", d["compression_ratio"]]]
-    for k, v in px["per_1000_words"].items():
-        stats.append([f"AI proxy words ({k}) per 1,000 words", f"{v} (reference {px['reference']['per_1000_words'][k]})"])
+    stats = [["records", n]]
+    for c, f in p["columns"].items():  # every generated text column, the recipe's response first
+        fd, fpx = f["diversity"], f["proxy_words"]
+        stats += [[f"{c}: mean length ({p['tokenizer']})", f["lengths"].get("mean")],
+                  [f"{c}: distinct-1 / distinct-2", f"{fd['distinct_1']} / {fd['distinct_2']}"],
+                  [f"{c}: compression ratio (raw / gzip)", fd["compression_ratio"]]]
+        for k, v in fpx["per_1000_words"].items():
+            stats.append([f"{c}: AI proxy words ({k}) per 1,000 words",
+                          f"{v} (reference {fpx['reference']['per_1000_words'][k]})"])
     for c, h in p["scores"].items():
         if h.get("n"):
             stats.append([f"{c}: mean (min-max)", f"{h['mean']} ({h['min']}-{h['max']})"])

@@ -180,6 +180,18 @@ def render(summary: dict, prof: dict) -> str:
         add(f"<div class='warn sf-licence-warning'><b>Licence:</b> {esc(w['message'])}<br>"
             f"<span class='muted'>affected records: every record with this teacher in its meta "
             f"(e.g. {esc(', '.join(w['example_ids'][:8]))})</span></div>")
+    if part := s.get("partial"):
+        add(f"<div class='warn sf-partial'><b>Partial run: {esc(part['state'])}</b>"
+            + (f" ({esc(part['error'])})" if part.get("error") else "")
+            + f". {esc(part['note'])}:<br><code data-fig='resume'>{esc(part['resume'])}</code>")
+        if part["stages"]:
+            add(table(["stage", "type", "shards done", "of", "records in", "kept", "rejected", "finished"],
+                      [[r["name"], r.get("type"), r["shards_done"], r.get("shards"), r.get("in", 0),
+                        r.get("out", 0), r.get("rejected", 0), "yes" if r["complete"] else "no"]
+                       for r in part["stages"]], {2, 3, 4, 5, 6}))
+        else:
+            add("<p>No stage committed a shard yet.</p>")
+        add("</div>")
     fails = s.get("engine_failures") or {}
     if fails.get("records"):
         add(f"<div class='warn'>{fails['records']} record(s) failed for engine reasons (not final: "
@@ -231,9 +243,11 @@ def render(summary: dict, prof: dict) -> str:
     add("<h2 id='scores'>Scores and lengths</h2><div class='grid'>")
     for c, h in p["scores"].items():
         add(_hist(f"{c} (judge / classifier score)", h))
-    add(_hist(f"length of {p['column']} in tokens", p["lengths"]))
-    add(f"</div><p class='muted'>tokens: {esc(p['tokenizer'])}; text figures on "
-        f"{p['text_records_profiled']} of {p['records']} records (at most {p['max_records']}).</p>")
+    for c, f in p["columns"].items():
+        add(_hist(f"length of {c} in tokens", f["lengths"]))
+    profiled = ", ".join(f"{c}: {f['text_records_profiled']}" for c, f in p["columns"].items()) or "no text column"
+    add(f"</div><p class='muted'>tokens: {esc(p['tokenizer'])}; text figures on {esc(profiled)} "
+        f"of {p['records']} records (at most {p['max_records']} each).</p>")
 
     cov = p.get("knob_coverage")
     if cov:
@@ -261,17 +275,23 @@ def render(summary: dict, prof: dict) -> str:
                   [[t["teacher"], t["licence"], t["licence_name"], t["licence_source"], t["records"], t["note"]]
                    for t in s["teachers"]], {4}))
 
-    d = p["diversity"]
     add("<h2 id='diversity'>Diversity</h2>")
-    add(table(["measure", "value"], [["distinct-1 (unique words / words)", d["distinct_1"]],
-                                     ["distinct-2 (unique bigrams / bigrams)", d["distinct_2"]],
-                                     ["compression ratio (raw / gzip; higher = more repetitive)",
-                                      d["compression_ratio"]],
-                                     ["share of records opening with a top-10 opening", d["top10_openings_share"]]],
-              {1}, [[None, "diversity/distinct_1"], [None, "diversity/distinct_2"],
-                    [None, "diversity/compression_ratio"], [None, None]]))
-    add("<h3>Most common openings (first three words)</h3>")
-    add(table(["opening", "records"], [[o["opening"], o["count"]] for o in d["openings"]], {1}))
+    if not p["columns"]:
+        add("<p>No text column to measure (name one with <code>--column</code>).</p>")
+    for c, f in p["columns"].items():  # the first is the recipe's response: its figures carry the data-fig names
+        d, top = f["diversity"], c == p["column"]
+        add(f"<h3>{esc(c)}</h3>")
+        add(table(["measure", "value"], [["distinct-1 (unique words / words)", d["distinct_1"]],
+                                         ["distinct-2 (unique bigrams / bigrams)", d["distinct_2"]],
+                                         ["compression ratio (raw / gzip; higher = more repetitive)",
+                                          d["compression_ratio"]],
+                                         ["share of records opening with a top-10 opening",
+                                          d["top10_openings_share"]]],
+                  {1}, [[None, "diversity/distinct_1" if top else None],
+                        [None, "diversity/distinct_2" if top else None],
+                        [None, "diversity/compression_ratio" if top else None], [None, None]]))
+        add(f"<p class='muted'>Most common openings of {esc(c)} (first three words)</p>")
+        add(table(["opening", "records"], [[o["opening"], o["count"]] for o in d["openings"]], {1}))
 
     px = p["proxy_words"]
     ref = px["reference"]
@@ -290,7 +310,15 @@ def render(summary: dict, prof: dict) -> str:
             if v or ref["entries"][lst].get(e):
                 rows.append([lst, e, v, ref["entries"][lst].get(e)])
     add(table(["list", "word", "this data", "reference"], rows, {2, 3}))
-    add(f"<p class='muted'>{px['share_of_texts_with_any']:.1%} of records use at least one proxy word.</p>")
+    add(f"<p class='muted'>{esc(p['column'])}: {px['share_of_texts_with_any']:.1%} of records use at least "
+        "one proxy word.</p>")
+    if len(p["columns"]) > 1:
+        add("<h3>Per text column</h3>")
+        lists = list(px["per_1000_words"])
+        add(table(["column", *(f"{k} / 1000 words" for k in lists), "records with any"],
+                  [[c, *(f["proxy_words"]["per_1000_words"][k] for k in lists),
+                    f"{f['proxy_words']['share_of_texts_with_any']:.1%}"] for c, f in p["columns"].items()],
+                  set(range(1, len(lists) + 1))))
 
     add("<h2 id='samples'>Sample browser</h2><p>"
         "<select id='sf-kind'><option value=''>kept and rejected</option><option value='kept'>kept</option>"
@@ -309,12 +337,12 @@ def render(summary: dict, prof: dict) -> str:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, tokenizer: str = "auto",
-                 max_records: int = 20000) -> Path:
+                 max_records: int = 20000, column: str | None = None) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "manifest.json").exists():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no manifest.json)")
-    summary = summarize(run_dir)
-    prof = profile(run_dir, tokenizer=tokenizer, max_records=max_records, summary=summary)
+    summary = summarize(run_dir, column=column)
+    prof = profile(run_dir, column=column, tokenizer=tokenizer, max_records=max_records, summary=summary)
     out = Path(out) if out else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(summary, prof), encoding="utf-8")

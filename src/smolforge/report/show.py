@@ -20,8 +20,9 @@ def _fmt(v: Any) -> str:
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    console.print(f"[bold]{summary['recipe']}[/bold]  {summary['run']}  status={summary['status']}"
-                  f"  attempts={summary['attempts']}")
+    state = f" ({summary['partial']['state']})" if summary.get("partial") else ""
+    console.print(f"[bold]{escape(str(summary['recipe']))}[/bold]  {escape(summary['run'])}  "
+                  f"status={summary['status']}{escape(state)}  attempts={summary['attempts']}")
     t = Table(title="stages", show_lines=False)
     for col in ("stage", "type", "in", "out", "rejected", "seconds", "tokens", "tok/s", "cached"):
         t.add_column(col, justify="left" if col in ("stage", "type") else "right")
@@ -32,6 +33,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             str(s.get("tokens_per_s", "") or ""), str(s.get("cache_hits", 0) or ""),
         )
     console.print(t)
+    if p := summary.get("partial"):
+        print_partial(p, console)
     for s in summary["stages"]:  # figures a stage reports about its whole output
         if s.get("summary"):
             items = ", ".join(f"{k}={_fmt(v)}" for k, v in s["summary"].items())
@@ -64,8 +67,10 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         console.print("removed per benchmark: " + ", ".join(f"{b} x{n}" for b, n in summary["contamination"].items()))
     for knob, values in summary.get("knobs", {}).items():
         console.print(f"knob {knob}: " + ", ".join(f"{v} x{n}" for v, n in values), markup=False)
-    if summary.get("first_words"):
-        console.print("most common first five words: " + "; ".join(f"{w!r} x{n}" for w, n in summary["first_words"]))
+    for col, c in summary.get("text_columns", {}).items():  # every generated text column
+        words = "; ".join(f"{w!r} x{n}" for w, n in c["first_words"])
+        console.print(f"column {col}: {c['texts']} texts, {_fmt(c['mean_words'])} words on average; "
+                      f"most common first five words: {words}", markup=False, highlight=False, soft_wrap=True)
     for t in summary.get("teachers", []):
         console.print(f"teacher {t['teacher']}: {t['records']} record(s), licence {t['licence']} "
                       f"({t['training']}, from {t['licence_source']})", markup=False, highlight=False,
@@ -83,6 +88,22 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         f"tokens generated: {summary['completion_tokens']}"
         + (f" ({summary['tokens_per_s']} tok/s)" if summary["tokens_per_s"] else "")
     )
+
+
+def print_partial(p: dict[str, Any], console: Console) -> None:
+    """A run that did not finish: its state, what each stage committed, how to resume."""
+    console.print(f"[yellow]partial run: {escape(p['state'])}[/yellow]"
+                  + (f" ({escape(str(p['error']))})" if p.get("error") else ""), highlight=False, soft_wrap=True)
+    t = Table("stage", "type", "shards done", "records in", "kept", "rejected", "finished", title="on disk")
+    for s in p["stages"]:
+        of = f"/{s['shards']}" if s.get("shards") is not None else ""
+        t.add_row(s["name"], str(s.get("type") or ""), f"{s['shards_done']}{of}", str(s.get("in", 0)),
+                  str(s.get("out", 0)), str(s.get("rejected", 0)), "yes" if s["complete"] else "no")
+    if not p["stages"]:
+        console.print("no stage committed a shard yet", highlight=False)
+    else:
+        console.print(t)
+    console.print(f"{p['note']}:\n  {p['resume']}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_rejects(rejects: list[dict], console: Console | None = None, width: int = 160) -> None:

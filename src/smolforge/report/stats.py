@@ -120,10 +120,11 @@ def _iter_rejects(run_dir: Path, columns: list[str]) -> Iterator[dict]:
             yield from b.to_pylist()
 
 
-def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
+def summarize(run_dir: str | Path, samples: int = 3, column: str | None = None) -> dict[str, Any]:
     """Everything `show` prints: stages (with their `summary`), the funnel, rejects
-    grouped by stage and rule, contamination per benchmark, knobs, first words,
-    teachers with their licences and the licence warnings, sample records."""
+    grouped by stage and rule, contamination per benchmark, knobs, first words and
+    mean words per text column (`text_columns`: the recipe's generated ones, or
+    `column`), teachers with their licences and the licence warnings, sample records."""
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     out: dict[str, Any] = {
@@ -146,6 +147,9 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
         lic = (by_id(spec["licence"]) if spec.get("licence")
                else model_licence(spec.get("model"), spec.get("type") == "llamacpp"))
         e["licence"], e["training"] = lic.id, lic.training
+    out["partial"] = partial(run_dir, manifest, _recipe(run_dir))
+    if out["partial"] and not out["stages"]:  # killed before the manifest's stage table was written
+        out["stages"] = [s for s in out["partial"]["stages"] if s["shards_done"]]
     stages = out["stages"]
     out["completion_tokens"] = sum(s.get("completion_tokens", 0) for s in stages)
     llm_secs = sum(s.get("seconds", 0) for s in stages if s.get("completion_tokens"))
@@ -170,11 +174,13 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     out["funnel"] = funnel(stages, out["rejects"])
     out["samples"] = []
     knobs: dict[str, Counter] = {}
-    first_words: Counter = Counter()
     teachers: dict[str, dict] = {}
-    has_meta = has_text = False
+    has_meta = False
     seen: dict[str | None, tuple[list, list[dict]]] = {}
-    for path in data_files(run_dir):  # batch by batch: memory stays bounded for big runs
+    files = data_files(run_dir)
+    tcols = text_columns(pq.read_schema(files[0]), _recipe(run_dir), column) if files else []
+    per_col = {c: {"first_words": Counter(), "texts": 0, "words": 0} for c in tcols}
+    for path in files:  # batch by batch: memory stays bounded for big runs
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
         if len(out["samples"]) < samples and pf.metadata.num_rows:
@@ -182,8 +188,8 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
             for r in rows:
                 r.pop("meta", None)
             out["samples"] += rows
-        cols = [c for c in ("id", "meta", "text") if c in names]
-        has_meta, has_text = has_meta or "meta" in cols, has_text or "text" in cols
+        cols = [c for c in ("id", "meta", *tcols) if c in names]
+        has_meta = has_meta or "meta" in cols
         for batch in pf.iter_batches(batch_size=65536, columns=cols) if cols else ():
             if "meta" in cols:
                 metas = batch.column("meta").to_pylist()
@@ -204,14 +210,92 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
                         entry["licence"] = entry.get("licence") or t.get("licence")
                         if len(entry["ids"]) < 20 and rid is not None:
                             entry["ids"].append(rid)
-            if "text" in cols:
-                first_words.update(first_five(str(t or "")) for t in batch.column("text").to_pylist())
+            for c in tcols:
+                if c not in cols:
+                    continue
+                acc = per_col[c]
+                for t in batch.column(c).to_pylist():
+                    if isinstance(t, str):
+                        acc["first_words"][first_five(t)] += 1
+                        acc["texts"] += 1
+                        acc["words"] += len(t.split())
     if has_meta:
         out["knobs"] = {k: c.most_common(10) for k, c in knobs.items()}
-    if has_text:
-        out["first_words"] = first_words.most_common(5)
+    out["text_columns"] = {c: {"texts": a["texts"],
+                               "mean_words": round(a["words"] / a["texts"], 1) if a["texts"] else None,
+                               "first_words": a["first_words"].most_common(5)} for c, a in per_col.items()}
+    if tcols:
+        out["first_words"] = per_col[tcols[0]]["first_words"].most_common(5)
     out["teachers"], out["licence_warnings"] = _licences(teachers, manifest.get("engines", []))
     return out
+
+
+def _holder_alive(run_dir: Path) -> bool:
+    """Whether the process named in the run's lock file still exists (the kernel
+    drops the lock itself when a process dies, even by kill -9; the pid stays)."""
+    try:
+        pid = int((run_dir / ".lock").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stages_on_disk(run_dir: str | Path, recipe: dict | None = None) -> list[dict]:
+    """What the stage directories hold: per stage, the shards committed (of how many,
+    when known), whether the stage finished, and the sums of the committed shards'
+    stats. Stages run one after another, so the list stops after the first stage that
+    did not finish: a directory beyond it is an older attempt's."""
+    from smolforge.store import StageDir
+
+    run_dir = Path(run_dir)
+    types = [st.get("type") for st in (recipe or {}).get("stages", []) or [] if isinstance(st, dict)]
+    rows: list[dict] = []
+    prev_shards: int | None = None
+    for d in sorted((run_dir / "stages").glob("[0-9][0-9]-*")):
+        if not d.is_dir() or d.name.endswith(".new"):
+            continue
+        sd = StageDir(d, "")
+        index, done = int(d.name[:2]), sd.done
+        committed = sd.done_shards()
+        row: dict[str, Any] = {"name": d.name[3:], "type": types[index] if index < len(types) else "",
+                               "complete": done is not None, "shards_done": len(committed),
+                               "shards": done["shards"] if done else (prev_shards if index else None)}
+        for j in committed:
+            for k, v in sd.shard_stats(j).items():
+                if isinstance(v, (int, float)):
+                    row[k] = row.get(k, 0) + v
+        rows.append(row)
+        if done is None:
+            break
+        prev_shards = done["shards"]
+    return rows
+
+
+def partial(run_dir: Path, manifest: dict, recipe: dict) -> dict | None:
+    """For a run that did not finish (interrupted, failed, or killed while its
+    manifest still says running): its state, what finished per stage, and the
+    command that resumes it. None for a finished run or one still in progress."""
+    status = manifest.get("status")
+    if status in ("done", "incomplete"):
+        return None
+    if status == "running" and _holder_alive(run_dir):
+        return None
+    state = {"running": "stopped without finishing (killed? the process is gone)",
+             "interrupted": "interrupted", "failed": "failed"}.get(str(status), str(status))
+    last = (manifest.get("attempts") or [{}])[-1]
+    # A CLI run recorded its command; an API run is resumed by the same smolforge.run(...) call.
+    resume = manifest.get("command") or f"smolforge run <recipe file or {manifest.get('recipe')}> --out {run_dir}"
+    if manifest.get("cwd") and manifest["cwd"] != os.getcwd():
+        resume = f"cd {manifest['cwd']} && {resume}"
+    return {"state": state, "error": last.get("error"), "stages": stages_on_disk(run_dir, recipe),
+            "resume": resume,
+            "note": "re-run the same command to resume: finished shards are kept, cached answers are reused"}
 
 
 def funnel(stages: list[dict], rejects: list[dict]) -> list[dict]:
@@ -410,18 +494,47 @@ def _score_columns(schema: pa.Schema, recipe: dict) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _recipe(run_dir: Path) -> dict:
-    import yaml
+def text_columns(schema: pa.Schema, recipe: dict, column: str | None = None) -> list[str]:
+    """The text columns to profile: `column` when named, else every generated text
+    column the recipe declared that the data has (the response first; a preference
+    run's chosen and rejected), else `text`. Raises ValueError for an unknown `column`."""
+    from smolforge.columns import UnknownColumn, declared
 
-    try:
-        return yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if column is not None:
+        if column not in schema.names:
+            raise UnknownColumn(f"--column {column}: no such column in the data (columns: {', '.join(schema.names)})")
+        return [column]
+    found = [c for c in declared(recipe).text_columns() if c in strings]
+    return found or (["text"] if "text" in strings else [])
+
+
+def _recipe(run_dir: Path) -> dict:
+    from smolforge.columns import run_recipe
+
+    return run_recipe(run_dir)
 
 
 def _short(rec: dict, limit: int = 2000) -> dict:
     return {k: (v[:limit] + "…" if isinstance(v, str) and len(v) > limit else v)
             for k, v in rec.items() if k != "meta"}
+
+
+def _add_teacher(per_teacher: dict[str, dict], meta: dict, r: dict, text: str, n_tok: int, hits: int,
+                 scores: list[str]) -> None:
+    """Count one record's text for each teacher in its provenance."""
+    for t in teachers_of(meta) or [{"engine": None, "model": None}]:
+        name = teacher_key(t) if t.get("model") else "no teacher (real / source text)"
+        e = per_teacher.setdefault(name, {"kept": 0, "tokens": [], "proxy": 0, "words": 0,
+                                          "scores": {c: [] for c in scores}, "div": Diversity()})
+        e["kept"] += 1
+        e["tokens"].append(n_tok)
+        e["proxy"] += hits
+        e["words"] += len(re.findall(r"[a-z]+", text.lower()))
+        e["div"].add(text)
+        for c in scores:
+            if isinstance(r.get(c), (int, float)):
+                e["scores"][c].append(r[c])
 
 
 def _source_knobs(run_dir: Path) -> Counter | None:
@@ -446,10 +559,13 @@ def _combo(knobs: dict) -> str:
     return " | ".join(f"{k}={v}" for k, v in sorted(knobs.items()))
 
 
-def profile(run_dir: str | Path, *, column: str = "text", tokenizer: str = "auto",
+def profile(run_dir: str | Path, *, column: str | None = None, tokenizer: str = "auto",
             max_records: int = 20000, sample_records: int = 200, rejects_per_rule: int = 20,
             max_rejects: int = 500, summary: dict | None = None) -> dict[str, Any]:
-    """The report's figures (see the module docstring); `summary` is `summarize`'s."""
+    """The report's figures (see the module docstring); `summary` is `summarize`'s.
+    Text figures (lengths, diversity, proxy words) are per text column (`columns`,
+    see `text_columns`); the top-level ones and the per-teacher ones are the first
+    column's (the recipe's response)."""
     from smolforge.report.proxy import ProxyCounter, reference
 
     run_dir = Path(run_dir)
@@ -461,16 +577,13 @@ def profile(run_dir: str | Path, *, column: str = "text", tokenizer: str = "auto
     scores = _score_columns(schema, recipe)
     score_vals: dict[str, list] = {c: [] for c in scores}
     tok = Tokens(tokenizer)
-    lengths: list[int] = []
-    div = Diversity()
-    proxy = ProxyCounter()
+    cols = text_columns(schema, recipe, column)
+    per_col = {c: {"lengths": [], "div": Diversity(), "proxy": ProxyCounter(), "seen": 0} for c in cols}
     combos: Counter = Counter()
     knob_names: set[str] = set()
     per_teacher: dict[str, dict] = {}
     samples: list[dict] = []
-    seen = 0
     total = 0
-    has_text = column in schema.names
     try:
         for path in files:
             pf = pq.ParquetFile(path)
@@ -489,28 +602,17 @@ def profile(run_dir: str | Path, *, column: str = "text", tokenizer: str = "auto
                     if len(samples) < sample_records:
                         samples.append({"kind": "kept", "stage": "", "reason": "", "id": r.get("id"),
                                         "record": _short(r)})
-                    if seen >= max_records:
-                        continue
-                    text = r.get(column)
-                    if not has_text or not isinstance(text, str):
-                        continue
-                    seen += 1
-                    n_tok = tok(text)
-                    lengths.append(n_tok)
-                    div.add(text)
-                    hits = proxy.add(text)
-                    for t in teachers_of(meta) or [{"engine": None, "model": None}]:
-                        name = teacher_key(t) if t.get("model") else "no teacher (real / source text)"
-                        e = per_teacher.setdefault(name, {"kept": 0, "tokens": [], "proxy": 0, "words": 0,
-                                                          "scores": {c: [] for c in scores}, "div": Diversity()})
-                        e["kept"] += 1
-                        e["tokens"].append(n_tok)
-                        e["proxy"] += hits
-                        e["words"] += len(re.findall(r"[a-z]+", text.lower()))
-                        e["div"].add(text)
-                        for c in scores:
-                            if isinstance(r.get(c), (int, float)):
-                                e["scores"][c].append(r[c])
+                    for k, c in enumerate(cols):
+                        text, acc = r.get(c), per_col[c]
+                        if acc["seen"] >= max_records or not isinstance(text, str):
+                            continue
+                        acc["seen"] += 1
+                        n_tok = tok(text)
+                        acc["lengths"].append(n_tok)
+                        acc["div"].add(text)
+                        hits = acc["proxy"].add(text)
+                        if k == 0:
+                            _add_teacher(per_teacher, meta, r, text, n_tok, hits, scores)
     finally:
         tok.close()
 
@@ -538,12 +640,22 @@ def profile(run_dir: str | Path, *, column: str = "text", tokenizer: str = "auto
                                    "record": _short(rec) if isinstance(rec, dict) else {"raw": rec}})
 
     ref = reference()
-    prox = proxy.result()
-    prox["reference"] = {"corpus": ref["corpus"], "method": ref["method"], "words": ref["words"],
-                         "per_1000_words": ref["per_1000_words"], "entries": ref["entries"]}
-    prox["ratio_to_reference"] = {
-        k: (round(v / ref["per_1000_words"][k], 2) if ref["per_1000_words"].get(k) else None)
-        for k, v in prox["per_1000_words"].items()}
+
+    def proxy_result(counter: ProxyCounter) -> dict:
+        prox = counter.result()
+        prox["reference"] = {"corpus": ref["corpus"], "method": ref["method"], "words": ref["words"],
+                             "per_1000_words": ref["per_1000_words"], "entries": ref["entries"]}
+        prox["ratio_to_reference"] = {
+            k: (round(v / ref["per_1000_words"][k], 2) if ref["per_1000_words"].get(k) else None)
+            for k, v in prox["per_1000_words"].items()}
+        return prox
+
+    by_column = {c: {"lengths": histogram(a["lengths"]) if a["lengths"] else {"n": 0, "bins": []},
+                     "diversity": a["div"].result(), "proxy_words": proxy_result(a["proxy"]),
+                     "text_records_profiled": a["seen"]} for c, a in per_col.items()}
+    first = by_column[cols[0]] if cols else {
+        "lengths": {"n": 0, "bins": []}, "diversity": Diversity().result(),
+        "proxy_words": proxy_result(ProxyCounter()), "text_records_profiled": 0}
 
     teachers = []
     lic_by_name = {t["key"]: t for t in summary.get("teachers", [])}
@@ -577,15 +689,16 @@ def profile(run_dir: str | Path, *, column: str = "text", tokenizer: str = "auto
                   "largest": [{"kept": k, "size": n + 1} for k, n in c.most_common(5)]}
              for st, c in clusters.items()}
     return {
-        "column": column if has_text else None,
+        "column": cols[0] if cols else None,
+        "columns": by_column,
         "records": total,
-        "text_records_profiled": seen,
+        "text_records_profiled": first["text_records_profiled"],
         "max_records": max_records,
         "tokenizer": tok.name,
-        "lengths": histogram(lengths) if lengths else {"n": 0, "bins": []},
+        "lengths": first["lengths"],
         "scores": {c: histogram(v) for c, v in score_vals.items()},
-        "diversity": div.result(),
-        "proxy_words": prox,
+        "diversity": first["diversity"],
+        "proxy_words": first["proxy_words"],
         "teachers": teachers,
         "knob_coverage": coverage,
         "dedup_clusters": dedup,

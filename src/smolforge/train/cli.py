@@ -66,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     err = Console(stderr=True, soft_wrap=True)
     if args.command == "train":
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary = train(cfg)
         except (TrainDataError, FileExistsError) as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
             return 2
         if args.json:
             print(json.dumps(summary, indent=2, default=str))
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             report = evaluate(cfg)
         except EvalDataError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
             return 2
         if args.out:
             from pathlib import Path

@@ -154,6 +154,11 @@ def load_examples(cfg: EvalConfig) -> list[Example]:
         rows = read_rows(cfg.data)
     except ValueError as e:
         raise EvalDataError(str(e)) from None
+    if cfg.split is not None and rows and "split" not in rows[0]:
+        # No held-out split: every row would be scored, training rows included.
+        raise EvalDataError(f"{cfg.data}: the data has no `split` column, so split {cfg.split!r} cannot be "
+                            "told apart from the training rows; add a split stage to the recipe (docs/train.md), "
+                            "or pass --split all (Python: split=None) to score every row anyway")
     rows = select_split(rows, cfg.split)
     if cfg.limit is not None:
         rows = rows[: cfg.limit]

@@ -32,6 +32,27 @@ class TrainDataError(ValueError):
     pass
 
 
+TRAIN_EXTRA = ("torch", "transformers", "trl", "peft", "datasets")
+INSTALL_TRAIN = ("pip install torch==2.13.0 'smolforge[train]' (the torch pin takes a CPU build; "
+                 "on a GPU machine install the torch build for its CUDA first)")
+
+
+class MissingExtra(RuntimeError):
+    """A command needs packages of an extra that is not installed."""
+
+
+def require_train_extra() -> None:
+    """`train` needs torch, transformers, trl, peft and datasets (the `train` extra,
+    kept out of the core install): say which are missing and how to install them,
+    before any data is read."""
+    import importlib.util
+
+    missing = [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"smolforge train needs the train extra ({', '.join(missing)} not installed): "
+                           f"{INSTALL_TRAIN}")
+
+
 @dataclass
 class TrainConfig:
     data: str
@@ -223,6 +244,7 @@ def _progress_callback(total: int, enabled: bool):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, save safetensors (+ GGUF) into cfg.out; returns the summary also written
     to OUT/train.json."""
+    require_train_extra()
     if cfg.method not in METHODS:
         raise ValueError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
     from smolforge.train.gguf import GGUF_TYPES
