@@ -90,6 +90,28 @@ while dirs and time.monotonic() < deadline:
 """
 
 
+def cgroup_parents() -> dict[str, Path]:
+    """Our own cgroup v1 `pids` and `memory` dirs where we may make groups (as root)."""
+    dirs: dict[str, Path] = {}
+    if os.geteuid() != 0:
+        return dirs
+    own = {}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            for c in ctrls.split(","):
+                own[c] = path
+    except (OSError, ValueError):
+        return dirs
+    for ctrl in ("pids", "memory"):
+        base = Path("/sys/fs/cgroup") / ctrl
+        if ctrl in own and (base / "cgroup.procs").exists():
+            parent = base / own[ctrl].lstrip("/")
+            if os.access(parent, os.W_OK):
+                dirs[ctrl] = parent
+    return dirs
+
+
 class _Cgroups:
     """cgroup v1 pids + memory groups, one per worker, under our own cgroups, named
     `smolforge-<pid>-<tag>-<slot>`. Removed on close and at exit, and by a small
@@ -101,22 +123,7 @@ class _Cgroups:
         self.tag = tag
         self.dirs: dict[str, Path] = {}
         self.watcher: subprocess.Popen | None = None
-        if os.geteuid() != 0:
-            return
-        own = {}
-        try:
-            for line in Path("/proc/self/cgroup").read_text().splitlines():
-                _, ctrls, path = line.split(":", 2)
-                for c in ctrls.split(","):
-                    own[c] = path
-        except OSError:
-            return
-        for ctrl in ("pids", "memory"):
-            base = Path("/sys/fs/cgroup") / ctrl
-            if ctrl in own and (base / "cgroup.procs").exists():
-                parent = base / own[ctrl].lstrip("/")
-                if os.access(parent, os.W_OK):
-                    self.dirs[ctrl] = parent
+        self.dirs = cgroup_parents()
         self.clean_stale()
         if self.dirs:
             groups = [str(p / f"smolforge-{tag}-{slot}") for p in self.dirs.values() for slot in range(slots)]
