@@ -331,6 +331,18 @@ FAKE_VERDICT = ('b\'{"name": "line 1", "passed": true, "error": null, "time": 0}
      "            return ints[0] if len(ints) == 1 else ints\n"
      "        fr = fr.f_back\n"
      "    return None\n"),
+    ("reading the tests from the runner's memory (frames, gc)",
+     "import gc, re, sys\n"
+     "def f(x):\n"
+     "    found = [o for o in gc.get_objects() if isinstance(o, dict) and isinstance(o.get('tests'), str)]\n"
+     "    fr = sys._getframe()\n"
+     "    while fr is not None:\n"
+     "        found += [v for v in fr.f_locals.values() if isinstance(v, dict) and isinstance(v.get('tests'), str)]\n"
+     "        fr = fr.f_back\n"
+     "    for req in found:\n"
+     "        m = re.search(r'f\\(%d\\) == (.+)' % x, req['tests'])\n"
+     "        if m:\n"
+     "            return eval(m.group(1))\n"),
     ("reading the tests file",
      "import re\n"
      "def f(x):\n"
@@ -345,6 +357,19 @@ def test_wrong_code_cannot_fake_its_verdict(sb, attack, code):
     # the same harness passes honest code
     honest = run(sb, "def f(x):\n    return 42 if x == 1 else [42, 43]", "assert f(1) == 42\nassert f(2) == [42, 43]\n")
     assert honest.passed, honest.summary()
+
+
+def test_a_solution_cannot_replace_the_builtins_the_tests_use(sb):
+    shadow = run(sb, "def all(xs):\n    return True\ndef len(x):\n    return 3\ndef f(x):\n    return x",
+                 "assert all(f(x) == x + 1 for x in [1, 2])\nassert len(f([1])) == 3")
+    assert shadow.reason == "failed" and [t.passed for t in shadow.tests] == [False, False], shadow.summary()
+    # an entry point named like a builtin is still the solution's (HumanEval's check(candidate))
+    named = run(sb, "def sum(xs):\n    return 7", "def check(candidate):\n    assert candidate([1]) == 7\n")
+    assert named.reason == "error"  # no entry point given: no test ran
+    with open_sandbox("bwrap", limits=LIMITS, workers=1) as s:
+        res = s.run_one(Job("def sum(xs):\n    return 7", "def check(candidate):\n    assert candidate([1]) == 7\n",
+                            entry_point="sum"))
+    assert res.passed, res.summary()
 
 
 def test_solution_objects_still_work_across_the_process_boundary(sb):
