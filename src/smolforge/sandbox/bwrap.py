@@ -325,7 +325,7 @@ def usr_dirs(python: str, site_packages: bool = False) -> list[str]:
     name = os.path.basename(real)  # python3.11
     dirs = [*_USR_ALWAYS, f"/usr/lib/{name}", *glob.glob("/usr/lib/*-linux-gnu*")]
     if site_packages:
-        dirs += ["/usr/lib/python3/dist-packages", f"/usr/local/lib/{name}/dist-packages"]
+        dirs += ["/usr/lib/python3/dist-packages"]
     return [d for d in dict.fromkeys(dirs) if os.path.isdir(d) and not os.path.islink(d)]
 
 
