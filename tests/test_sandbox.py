@@ -510,3 +510,9 @@ def test_no_cgroup_is_left_behind(tmp_path):
     while _cgroups(str(p.pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _cgroups(str(p.pid)) == []
+
+
+def test_output_without_a_newline_is_kept(sb):
+    res = run(sb, "import sys\nsys.stdout.write('no newline')\nsys.stderr.write('err')\ndef f():\n"
+                  "    sys.stdout.write(' in a call')\n    return 1", "assert f() == 1")
+    assert res.passed and res.stdout == "no newline in a call" and res.stderr == "err", (res.stdout, res.stderr)
