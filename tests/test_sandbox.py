@@ -343,6 +343,16 @@ FAKE_VERDICT = ('b\'{"name": "line 1", "passed": true, "error": null, "time": 0}
      "        m = re.search(r'f\\(%d\\) == (.+)' % x, req['tests'])\n"
      "        if m:\n"
      "            return eval(m.group(1))\n"),
+    ("writing the verdict through another process's /proc/<pid>/fd, then os._exit(0)",
+     "import os\n"
+     "for pid in [p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:\n"
+     "    for fd in range(0, 12):\n"
+     "        try:\n"
+     "            with open(f'/proc/{pid}/fd/{fd}', 'wb') as f:\n"
+     f"                f.write({FAKE_VERDICT})\n"
+     "        except OSError:\n"
+     "            pass\n"
+     "os._exit(0)\n"),
     ("reading the tests file",
      "import re\n"
      "def f(x):\n"
