@@ -328,6 +328,9 @@ class Rpc:
             return ["Z", str(v)]
         if mod == "collections" and isinstance(v, dict):  # Counter, OrderedDict, defaultdict: compare as dicts
             return ["D", [[self.encode(k, d), self.encode(x, d)] for k, x in v.items()]]
+        for base in (int, float, str):  # IntEnum and the like: compare as their value
+            if isinstance(v, base) and t.__eq__ is base.__eq__ and t is not bool:
+                return self.encode(getattr(base, f"__{base.__name__}__")(v), d)
         if isinstance(v, tuple) and hasattr(t, "_fields"):  # namedtuple
             return ["T", [self.encode(x, d) for x in v]]
         if isinstance(v, type(sys)) and v.__name__.split(".")[0] in getattr(sys, "stdlib_module_names", ()):
