@@ -250,3 +250,36 @@ def test_a_killed_worker_and_a_killed_driver(cluster, llm_ref, tmp_path):
     r = smolforge("run", str(recipe), "--out", str(out2), "--quiet", env=ENV)
     assert r.returncode == 0, r.stderr
     assert rows(out2) == rows(local) and rows(out2, "rejects") == rows(local, "rejects")
+
+
+def test_verify_code_on_ray_leaves_no_cgroup(cluster, tmp_path):
+    """Every Ray task that ran verify_code (a map stage, and with vote_group a global
+    one) removed its sandboxes' cgroups (they were left behind when a group was
+    removed before the sandbox's last process died)."""
+    from smolforge.sandbox.bwrap import cgroup_parents
+
+    parents = list(cgroup_parents().values())
+    if not parents:
+        pytest.skip("no writable cgroup v1 here (needs root)")
+
+    def groups() -> set[Path]:
+        return {d for p in parents for d in p.glob("smolforge-*")}
+
+    before = groups()
+    items = [{"code": f"def f():\n    return {i % 2}", "tests": f"assert f() == {i % 2}", "g": i % 2}
+             for i in range(6)]
+    recipe = write_recipe(tmp_path / "vc.yaml", {"name": "vc", "shard_size": 2, "stages": [
+        {"type": "items", "items": items}, {"type": "verify_code", "limits": {"wall_s": 10}},
+        {"type": "verify_code", "name": "voted", "vote_group": "g", "limits": {"wall_s": 10}}]})
+    r = run_ray(cluster, recipe, tmp_path / "out")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(pq.read_table(tmp_path / "out" / "data")) == 6
+
+    def left() -> list[str]:  # new groups whose owner is gone (named by pids inside the cluster's namespace)
+        return sorted(d.name for d in groups() - before
+                      if not Path(f"/proc/{d.name.split('-')[1]}").exists() and d.exists())
+
+    deadline = time.time() + 20
+    while left() and time.time() < deadline:
+        time.sleep(0.2)
+    assert left() == []

@@ -174,3 +174,27 @@ def test_solutions_vote_out_wrong_tests(tmp_path):
     assert why["p.3"].startswith("verify_code: failed 2/2 test(s): line 1: assert mx([1, 5, 2]) == 5")
     assert why["q.0"].startswith("verify_code: failed 1/3 test(s): line 2: assert mx([3]) == 4")  # no one to vote with
     assert voted.counts["tests_voted_out"] == 1
+
+
+def test_vote_spans_shards(tmp_path):
+    """The vote sees every solution of a problem, whichever shard holds it: the same
+    verdicts at shard_size 2 as in one shard (at 2, a shard of two wrong solutions
+    used to vote out the right tests and keep both)."""
+    tests = "assert mx([1, 5, 2]) == 5\nassert mx([3]) == 4\nassert mx([-1, -2]) == -1\n"  # line 2 is wrong
+    right = ["def mx(xs):\n    return max(xs)", "def mx(xs):\n    return sorted(xs)[-1]"]
+    wrong = "def mx(xs):\n    return xs[0] + 1"  # passes only the wrong test
+    items = [{"problem": "max", "code": c, "tests": tests, "k": k}
+             for k, c in enumerate([right[0], right[1], wrong, wrong, right[0], right[1]])]
+    kept = {}
+    for size in (2, 100):
+        recipe = write_recipe(tmp_path / f"r{size}.yaml", {
+            "name": "vote", "seed": 1, "shard_size": size,
+            "stages": [{"type": "items", "items": items},
+                       {"type": "verify_code", "vote_group": "problem", "limits": {"wall_s": 10}}]})
+        p = smolforge("run", str(recipe), "--out", str(tmp_path / f"run{size}"))
+        assert p.returncode == 0, p.stderr
+        kept[size] = sorted(r["k"] for r in pq.read_table(tmp_path / f"run{size}" / "data").to_pylist())
+        manifest = json.loads((tmp_path / f"run{size}" / "manifest.json").read_text())
+        st = [s for s in manifest["stages"] if s.get("name", s.get("type")) == "verify_code"][0]
+        assert st["tests_voted_out"] == 1 and st["passed"] == 4, st
+    assert kept[2] == kept[100] == [0, 1, 4, 5]

@@ -17,7 +17,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,11 +179,16 @@ class _Worker:
         self.eof = False
 
     def start(self) -> None:
-        argv, preexec, env = self.sandbox.command(self.slot)
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=preexec, env=env, close_fds=True,
-        )
+        argv, preexec, env, *more = self.sandbox.command(self.slot)
+        fds = list(more[0]) if more else []  # descriptors the backend hands over (bwrap reads them)
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, preexec_fn=preexec, env=env, close_fds=True, pass_fds=fds,
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
         self._buf = b""
         hello = self._read(time.monotonic() + self.sandbox.start_timeout)
         if not hello or not hello.get("ready"):
@@ -253,6 +258,8 @@ class _Worker:
         res = RunResult.from_wire(resp)
         if self.sandbox.oom_count(self.slot) > before and not res.passed:
             res.reason, res.error = "memory", "the sandbox's memory cgroup ran out (OOM kill)"
+        if resp.get("restart"):  # the server could not clean up after this run: a fresh sandbox next
+            self.close()
         return res
 
     def close(self) -> None:
@@ -289,8 +296,9 @@ class ServerSandbox:
         self._lock = threading.Condition()
         self._closed = False
 
-    # -- what a backend supplies
-    def command(self, slot: int) -> tuple[list[str], Callable[[], None] | None, dict[str, str] | None]:
+    # -- what a backend supplies: argv, a preexec function, the environment and
+    # optionally descriptors to pass on
+    def command(self, slot: int) -> tuple:
         raise NotImplementedError
 
     def oom_count(self, slot: int) -> int:

@@ -4,10 +4,14 @@ Per worker: `setpriv --reuid=U --regid=U --clear-groups` (when we are root) then
 `bwrap --unshare-all --disable-userns --die-with-parent --new-session`, so:
 
 - no network: an empty network namespace (only its own loopback);
-- a filesystem of read-only binds of /usr (and /lib*, /bin, /sbin as on the host),
-  the server file and pyseccomp, a fresh /proc of its own pid namespace, a minimal
-  /dev, and two size-capped tmpfs (/tmp, /dev/shm) as the only writable places.
-  No /etc, /home, /root, /work, keys or project files exist inside;
+- a filesystem of read-only binds of what the runner needs of /usr (`/usr/bin`,
+  the interpreter's standard library, the shared-library dirs, locales, time
+  zones: no /usr/local, /usr/share, /usr/src), the /lib*, /bin symlinks, the server
+  and pyseccomp as copies (no host path shows in /proc/self/mountinfo), a fresh
+  /proc of its own pid namespace with every host-wide entry masked (only the
+  sandbox's own pid dirs, `self`, `net` and the like remain), a minimal /dev, and
+  two size-capped tmpfs (/tmp, /dev/shm) as the only writable places. No /etc,
+  /home, /root, /work, keys or project files exist inside;
 - a real unprivileged uid outside, so RLIMIT_NPROC holds (a uid mapped to root
   in a user namespace is exempt), no capabilities, no nested user namespaces;
 - a pid namespace: killing the server (or bwrap dying with its parent) takes every
@@ -18,10 +22,17 @@ Per worker: `setpriv --reuid=U --regid=U --clear-groups` (when we are root) then
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import glob
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -44,28 +55,92 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap") or None
 
 
-class _Cgroups:
-    """cgroup v1 pids + memory groups, one per worker, under our own cgroups."""
+_CGROUP_NAME = re.compile(r"smolforge-(\d+)-[0-9a-f]+-\d+")
 
-    def __init__(self, tag: str):
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+# Waits for its stdin to close (we closed the sandbox, or died, even by kill -9),
+# then removes the groups once the sandbox's processes are gone (they die with
+# bwrap). It only ever calls rmdir, which fails on a group that is still in use.
+_WATCHER = """
+import os, sys, time
+sys.stdin.buffer.read()
+dirs, deadline = sys.argv[1:], time.monotonic() + 30
+while dirs and time.monotonic() < deadline:
+    left = []
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            left.append(d)
+    dirs = left
+    if dirs:
+        time.sleep(0.05)
+"""
+
+
+def cgroup_parents() -> dict[str, Path]:
+    """Our own cgroup v1 `pids` and `memory` dirs where we may make groups (as root)."""
+    dirs: dict[str, Path] = {}
+    if os.geteuid() != 0:
+        return dirs
+    own = {}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            for c in ctrls.split(","):
+                own[c] = path
+    except (OSError, ValueError):
+        return dirs
+    for ctrl in ("pids", "memory"):
+        base = Path("/sys/fs/cgroup") / ctrl
+        if ctrl in own and (base / "cgroup.procs").exists():
+            parent = base / own[ctrl].lstrip("/")
+            if os.access(parent, os.W_OK):
+                dirs[ctrl] = parent
+    return dirs
+
+
+class _Cgroups:
+    """cgroup v1 pids + memory groups, one per worker, under our own cgroups, named
+    `smolforge-<pid>-<tag>-<slot>`. Removed on close and at exit, and by a small
+    watcher process when we die without either (kill -9, a Ray worker killed);
+    groups that an older smolforge left behind with no owner alive are removed
+    when the next sandbox starts under the same parent."""
+
+    def __init__(self, tag: str, slots: int = 1):
         self.tag = tag
         self.dirs: dict[str, Path] = {}
-        if os.geteuid() != 0:
-            return
-        own = {}
-        try:
-            for line in Path("/proc/self/cgroup").read_text().splitlines():
-                _, ctrls, path = line.split(":", 2)
-                for c in ctrls.split(","):
-                    own[c] = path
-        except OSError:
-            return
-        for ctrl in ("pids", "memory"):
-            base = Path("/sys/fs/cgroup") / ctrl
-            if ctrl in own and (base / "cgroup.procs").exists():
-                parent = base / own[ctrl].lstrip("/")
-                if os.access(parent, os.W_OK):
-                    self.dirs[ctrl] = parent
+        self.watcher: subprocess.Popen | None = None
+        self.dirs = cgroup_parents()
+        self.clean_stale()
+        if self.dirs:
+            groups = [str(p / f"smolforge-{tag}-{slot}") for p in self.dirs.values() for slot in range(slots)]
+            with contextlib.suppress(OSError):
+                self.watcher = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _WATCHER, *groups], stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+    def clean_stale(self) -> None:
+        """Remove the empty groups that sandboxes of dead smolforge processes left."""
+        for parent in self.dirs.values():
+            with contextlib.suppress(OSError):
+                for d in parent.iterdir():
+                    m = _CGROUP_NAME.fullmatch(d.name)
+                    if m and d.is_dir() and not _pid_alive(int(m.group(1))):
+                        with contextlib.suppress(OSError):
+                            d.rmdir()  # fails (EBUSY) while any process is in it: nothing is lost
 
     def setup(self, slot: int, limits: Limits) -> list[Path]:
         made = []
@@ -97,10 +172,36 @@ class _Cgroups:
             pass
         return 0
 
-    def remove(self, slot: int) -> None:
-        for parent in self.dirs.values():
+    def close(self, slots: int) -> None:
+        for slot in range(slots):
+            self.remove(slot)
+        if self.watcher is not None:
             with contextlib.suppress(OSError):
-                (parent / f"smolforge-{self.tag}-{slot}").rmdir()
+                self.watcher.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.watcher.wait(5)
+            self.watcher = None
+
+    def remove(self, slot: int, wait_s: float = 3.0) -> None:
+        """rmdir the slot's groups once their processes are gone: the sandbox's init
+        and server die a moment after bwrap (EBUSY until then); stragglers are ours
+        (they joined at start) and are killed."""
+        for parent in self.dirs.values():
+            d = parent / f"smolforge-{self.tag}-{slot}"
+            deadline = time.monotonic() + wait_s
+            while d.exists():
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in (d / "cgroup.procs").read_text().split():
+                        os.kill(int(pid), signal.SIGKILL)
+                time.sleep(0.01)
 
 
 class BwrapSandbox(ServerSandbox):
@@ -122,8 +223,13 @@ class BwrapSandbox(ServerSandbox):
         self.setpriv = shutil.which("setpriv") if self.root else None
         if self.root and self.setpriv is None:
             raise SandboxUnavailable("running as root needs `setpriv` (util-linux) to drop to an unprivileged uid")
-        self._cg = _Cgroups(f"{os.getpid()}-{id(self) & 0xffff:x}") if (cgroups and self.root) else None
+        self._cg = _Cgroups(f"{os.getpid()}-{id(self) & 0xffff:x}", self.workers) if (cgroups and self.root) else None
         self._seccomp_file = _pyseccomp_file() if seccomp else None
+        self._files = {"server": SERVER.read_bytes()}
+        if self._seccomp_file:
+            self._files["pyseccomp"] = Path(self._seccomp_file).read_bytes()
+        if self._cg is not None:  # also when close() is never called (a worker process that exits)
+            atexit.register(_close_at_exit, weakref.ref(self))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -132,17 +238,14 @@ class BwrapSandbox(ServerSandbox):
         return d
 
     def _binds(self) -> list[str]:
-        args = ["--ro-bind", "/usr", "/usr"]
+        args: list[str] = []
+        for d in usr_dirs(self.python, self.site_packages):
+            args += ["--ro-bind", d, d]
         for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
             if os.path.islink(d):
                 args += ["--symlink", os.readlink(d), d]
             elif os.path.isdir(d):
                 args += ["--ro-bind", d, d]
-        # the dynamic linker's index: lets ctypes (pyseccomp) find libseccomp
-        args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-        args += ["--ro-bind", str(SERVER), "/sandbox/server.py"]
-        if self._seccomp_file:
-            args += ["--ro-bind", self._seccomp_file, "/sandbox/pyseccomp.py"]
         return args
 
     def command(self, slot: int):
@@ -155,7 +258,10 @@ class BwrapSandbox(ServerSandbox):
             self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
             "--new-session", "--hostname", "sandbox", "--cap-drop", "ALL",
             *self._binds(),
-            "--proc", "/proc", "--dev", "/dev",
+            # copies, not binds: a bind would show its host path in /proc/self/mountinfo
+            "--ro-bind-data", "@server", "/sandbox/server.py",
+            *(["--ro-bind-data", "@pyseccomp", "/sandbox/pyseccomp.py"] if self._seccomp_file else []),
+            "--proc", "/proc", *proc_masks(), "--dev", "/dev",
             "--size", str(lim.tmp_mb << 20), "--tmpfs", "/tmp",
             "--size", str(16 << 20), "--tmpfs", "/dev/shm",
             "--remount-ro", "/dev", "--remount-ro", "/",
@@ -178,7 +284,15 @@ class BwrapSandbox(ServerSandbox):
                     with open(p, "w") as f:
                         f.write(str(os.getpid()))
 
-        return argv, preexec, {"PATH": "/usr/bin:/bin"}
+        fds = []
+        for i, a in enumerate(argv):  # each copy is read by bwrap from a memfd of its own
+            if a in ("@server", "@pyseccomp"):
+                fd = os.memfd_create(a[1:])
+                os.write(fd, self._files[a[1:]])
+                os.lseek(fd, 0, os.SEEK_SET)
+                argv[i] = str(fd)
+                fds.append(fd)
+        return argv, preexec, {"PATH": "/usr/bin:/bin"}, fds
 
     def oom_count(self, slot: int) -> int:
         return self._cg.oom_kills(slot) if self._cg else 0
@@ -186,8 +300,60 @@ class BwrapSandbox(ServerSandbox):
     def close(self) -> None:
         super().close()
         if self._cg is not None:
-            for slot in range(self.workers):
-                self._cg.remove(slot)
+            self._cg.close(self.workers)
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    sb = ref()
+    if sb is not None:
+        with contextlib.suppress(Exception):
+            sb.close()
+
+
+# What the runner needs of /usr: the interpreter and the tools a test may run
+# (/usr/bin), the standard library, the shared libraries and the dynamic linker,
+# locales and time zones. Not /usr/local (site configuration such as npmrc,
+# locally installed packages), /usr/share, /usr/src, /usr/include.
+_USR_ALWAYS = ("/usr/bin", "/usr/lib64", "/usr/lib32", "/usr/libx32", "/usr/lib/locale", "/usr/share/zoneinfo")
+
+
+def usr_dirs(python: str, site_packages: bool = False) -> list[str]:
+    real = os.path.realpath(python)
+    if not real.startswith("/usr/bin/"):  # an interpreter elsewhere: its prefix, read-only
+        prefix = os.path.dirname(os.path.dirname(real))
+        return ["/usr", *([prefix] if prefix not in ("/", "/usr") else [])]
+    name = os.path.basename(real)  # python3.11
+    dirs = [*_USR_ALWAYS, f"/usr/lib/{name}", *glob.glob("/usr/lib/*-linux-gnu*")]
+    if site_packages:
+        dirs += ["/usr/lib/python3/dist-packages"]
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d) and not os.path.islink(d)]
+
+
+# /proc entries that show only the sandbox's own state (its pid dirs are numbers).
+_PROC_OWN = {"self", "thread-self", "net", "mounts"}
+
+
+def proc_masks() -> list[str]:
+    """bwrap arguments that hide every host-wide /proc entry (kernel version and
+    command line, CPU, memory, devices, modules, sysctls, ...): files become
+    /dev/null (unreadable), dirs an empty read-only tmpfs. An allow-list: entries
+    a newer kernel adds are hidden too."""
+    args: list[str] = []
+    try:
+        names = sorted(os.listdir("/proc"))
+    except OSError:
+        return args
+    for name in names:
+        if name.isdigit() or name in _PROC_OWN:
+            continue
+        path = f"/proc/{name}"
+        if os.path.islink(path):
+            continue
+        if os.path.isdir(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+        else:
+            args += ["--ro-bind", "/dev/null", path]
+    return args
 
 
 def probe() -> str | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -31,7 +32,7 @@ from pydantic import Field, model_validator
 from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.sandbox import Job, Limits, RunResult, open_sandbox
-from smolforge.stages.base import MapStage, Record, Result
+from smolforge.stages.base import GlobalStage, MapStage, Record, Result, Shards, Stage
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _LANG_TAGS = {"python": {"", "python", "python3", "py", "pycon"}}
@@ -58,9 +59,11 @@ def _unclosed(text: str, body: str) -> bool:
     return text.rstrip().endswith(body.rstrip()) and not text.rstrip().endswith("```")
 
 
-@stages.register("verify_code")
-class VerifyCode(MapStage):
-    """Run `code` against `tests` in the sandbox; keep the records that pass."""
+class _VerifyCodeConfig(Stage):
+    """Run `code` against `tests` in the sandbox; keep the records that pass.
+
+    Without `vote_group` a map stage (shard by shard); with it a global stage, so
+    that every solution of a problem votes, whichever shard it is in."""
 
     type: Literal["verify_code"] = "verify_code"
     code: str = Field("code", description="column with the code (or a chat answer holding it)")
@@ -87,6 +90,10 @@ class VerifyCode(MapStage):
         if self.sandbox == "none" and not self.allow_unsandboxed:
             raise ValueError("sandbox: none runs the code unisolated, with your user's rights; "
                              "set allow_unsandboxed: true to accept that (docs/verify-code.md)")
+        # the kind follows vote_group: the runner picks map or global by class
+        kind = VerifyCodeVoted if self.vote_group else VerifyCode
+        if type(self) is not kind:
+            object.__setattr__(self, "__class__", kind)
         return self
 
     def requires(self) -> set[str]:
@@ -102,7 +109,8 @@ class VerifyCode(MapStage):
         s = v if isinstance(v, str) else ("" if v is None else str(v))
         return extract_code(s, self.language, self.blocks) if self.extract else s
 
-    def process(self, batch: list[Record], ctx: StageContext) -> Result:
+    def _prepare(self, batch: list[Record]) -> tuple[Result, list[tuple[Record, Job]]]:
+        """The records without code or tests rejected; the others as jobs."""
         res = Result()
         todo: list[tuple[Record, Job]] = []
         for rec in batch:
@@ -116,14 +124,18 @@ class VerifyCode(MapStage):
             ep = rec.get(self.entry_point) if self.entry_point else None
             todo.append((rec, Job(code=code, tests=tests, language=self.language, style=self.style,
                                   entry_point=ep if isinstance(ep, str) and ep else None)))
-        if not todo:
-            return res
+        return res, todo
+
+    def _execute(self, jobs: list[Job]) -> list[RunResult]:
+        if not jobs:
+            return []
         opts = {"seccomp": self.seccomp} if self.sandbox != "none" else {}
         with open_sandbox(self.sandbox, allow_unsandboxed=self.allow_unsandboxed, limits=self.limits,
-                          workers=min(self.workers, len(todo)), **opts) as sb:
-            results = sb.run([job for _, job in todo])
-        if self.vote_group:
-            self._vote([rec for rec, _ in todo], results, res)
+                          workers=min(self.workers, len(jobs)), **opts) as sb:
+            return sb.run(jobs)
+
+    def _finish(self, res: Result, todo: list[tuple[Record, Job]], results: list[RunResult]) -> Result:
+        """Keep or reject each run record; count the reasons."""
         reasons: Counter[str] = Counter()
         for (rec, job), r in zip(todo, results):
             reasons[r.reason] += 1
@@ -141,17 +153,34 @@ class VerifyCode(MapStage):
                 res.keep(out)
             else:
                 res.reject(out, f"verify_code: {r.summary()}")
-        res.counts.update({"passed": reasons.get("passed", 0), "failed": sum(reasons.values()) - reasons["passed"]})
-        res.counts.update({f"reason_{k}": v for k, v in reasons.items()})
-        res.counts["tests_run"] = sum(len(r.tests) for r in results)
+        if todo:
+            res.counts.update({"passed": reasons.get("passed", 0),
+                               "failed": sum(reasons.values()) - reasons["passed"]})
+            res.counts.update({f"reason_{k}": v for k, v in reasons.items()})
+            res.counts["tests_run"] = sum(len(r.tests) for r in results)
         return res
 
-    def _vote(self, recs: list[Record], results: list[RunResult], res: Result) -> None:
+    def process(self, batch: list[Record], ctx: StageContext) -> Result:
+        """One batch: run it, vote within it (all of a global stage's input when
+        called by `process_all`)."""
+        res, todo = self._prepare(batch)
+        if not todo:
+            return res
+        results = self._execute([job for _, job in todo])
+        if self.vote_group:
+            voted_out = self._vote([rec for rec, _ in todo], results)
+            if voted_out:
+                res.counts["tests_voted_out"] = voted_out
+        return self._finish(res, todo, results)
+
+    def _vote(self, recs: list[Record], results: list[RunResult]) -> int:
         """CodeT-style agreement (Chen et al. 2022, arXiv:2207.10397), simplified:
         among the solutions of one problem (same `vote_group` value, same tests), a
         test that fewer than `vote_min` of them pass is taken to be wrong and no
         longer counts; a solution passes if it passes every remaining test (at
-        least one). Runs that hit a limit or did not load stay failed."""
+        least one). Runs that hit a limit or did not load stay failed. Returns how
+        many tests were voted out."""
+        voted_out = 0
         groups: dict[str, list[int]] = {}
         for i, rec in enumerate(recs):
             groups.setdefault(json.dumps(rec.get(self.vote_group), default=str), []).append(i)
@@ -164,8 +193,7 @@ class VerifyCode(MapStage):
                 support.update(t.name for t in results[i].tests if t.passed)
             names = {t.name for i in ran for t in results[i].tests}
             wrong = {n for n in names if support[n] < self.vote_min * len(ran)}
-            if wrong:
-                res.counts["tests_voted_out"] = res.counts.get("tests_voted_out", 0) + len(wrong)
+            voted_out += len(wrong)
             for i in ran:
                 r = results[i]
                 r.tests = [t for t in r.tests if t.name not in wrong]
@@ -174,3 +202,28 @@ class VerifyCode(MapStage):
                 if wrong:
                     r.error = f"tests voted out (passed by < {self.vote_min:g} of {len(ran)} solutions): " + \
                         ", ".join(sorted(wrong))
+        return voted_out
+
+
+@stages.register("verify_code")
+class VerifyCode(_VerifyCodeConfig, MapStage):
+    __doc__ = _VerifyCodeConfig.__doc__
+
+
+class VerifyCodeVoted(_VerifyCodeConfig, GlobalStage):
+    """`verify_code` with `vote_group`: a global stage, so the vote sees every
+    solution of a problem across shards and the verdicts do not depend on
+    `shard_size`. The code runs in one sandbox for the whole input."""
+
+    def process_all(self, shards: Shards, ctx: StageContext) -> Iterator[tuple[int, Result]]:
+        parts = [(i, *self._prepare(shards[i])) for i in range(len(shards))]
+        todo = [item for _, _, items in parts for item in items]
+        results = self._execute([job for _, job in todo])
+        voted_out = self._vote([rec for rec, _ in todo], results)
+        k = 0
+        for i, res, items in parts:
+            if voted_out and k == 0 and items:
+                res.counts["tests_voted_out"] = voted_out  # once, in the first shard that ran
+            self._finish(res, items, results[k:k + len(items)])
+            k += len(items)
+            yield i, res
