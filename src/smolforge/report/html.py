@@ -180,6 +180,9 @@ def render(summary: dict, prof: dict) -> str:
         add(f"<div class='warn sf-licence-warning'><b>Licence:</b> {esc(w['message'])}<br>"
             f"<span class='muted'>affected records: every record with this teacher in its meta "
             f"(e.g. {esc(', '.join(w['example_ids'][:8]))})</span></div>")
+    for w in s.get("judge_warnings", []):
+        add(f"<div class='warn sf-judge-warning'><b>Degenerate judge:</b> {esc(w)}: its scores are "
+            "not a quality signal</div>")
     fails = s.get("engine_failures") or {}
     if fails.get("records"):
         add(f"<div class='warn'>{fails['records']} record(s) failed for engine reasons (not final: "

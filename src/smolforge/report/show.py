@@ -36,6 +36,9 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         if s.get("summary"):
             items = ", ".join(f"{k}={_fmt(v)}" for k, v in s["summary"].items())
             console.print(f"{s['name']} summary: {items}", markup=False, highlight=False, soft_wrap=True)
+    for w in summary.get("judge_warnings", []):
+        console.print(f"[red]degenerate judge[/red] {escape(w)}: its scores are not a quality signal",
+                      highlight=False, soft_wrap=True)
     if t := summary.get("target"):
         state = "reached" if t.get("reached") else f"not reached ({t.get('stopped') or 'budget spent'})"
         line = (f"target {t['records']} records: kept {t.get('kept', 0)}, {state}; "

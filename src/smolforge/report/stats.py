@@ -211,7 +211,15 @@ def summarize(run_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     if has_text:
         out["first_words"] = first_words.most_common(5)
     out["teachers"], out["licence_warnings"] = _licences(teachers, manifest.get("engines", []))
+    out["judge_warnings"] = judge_warnings(out["stages"])
     return out
+
+
+def judge_warnings(stages: list[dict]) -> list[str]:
+    """`stage: signal` for every judge or rate stage whose self-check (its summary's
+    `judge_check`, see `smolforge.stages.judge.judge_check`) found it degenerate."""
+    return [f"{s['name']}: {d}" for s in stages
+            for d in (((s.get("summary") or {}).get("judge_check") or {}).get("degenerate") or [])]
 
 
 def funnel(stages: list[dict], rejects: list[dict]) -> list[dict]:
