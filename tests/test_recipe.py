@@ -171,6 +171,10 @@ def test_rubric_file_is_checked_before_anything_runs(tmp_path):
     assert "stages[1].rubric: unknown rubric 'uf.yaml'" in errors_of(tmp_path, rate)
     rate["stages"][1].update(rubric="ultrafeedback", aspects=["helpfulnes"])
     assert "stages[1].aspects: rubric 'ultrafeedback' has no aspect(s) ['helpfulnes']" in errors_of(tmp_path, rate)
+    del rate["stages"][1]["aspects"]
+    rate["stages"][0]["items"] = [{"instruction": "p", "candidates": []}]
+    msg = errors_of(tmp_path, rate)  # a missing column of `rate` is not blamed on its rubric
+    assert "stages[1]: column 'prompt' is used before any stage produces it" in msg and "inputs" not in msg
 
 
 def test_bad_set_on_target_names_the_set(tmp_path):

@@ -606,9 +606,14 @@ def _check_stage_engines(stage_objs: list[Stage], probs: _Problems) -> None:
                 probs.add((*loc, "type"), str(e))
 
 
+def _reads_rubric(st: Stage) -> bool:
+    """A stage whose columns come from its rubric's variables, mapped by `inputs:`."""
+    return isinstance(getattr(st, "rubric", None), str) and isinstance(getattr(st, "inputs", None), dict)
+
+
 def _file_names(st: Stage, base_dir: Path) -> frozenset[str]:
     """The names a stage's template file reads (to blame a missing column on it)."""
-    if isinstance(getattr(st, "rubric", None), str):  # a judge: its rubric's variables
+    if _reads_rubric(st):  # a judge: its rubric's variables
         return frozenset(st.requires())
     tf = getattr(st, "template_file", None)
     if not isinstance(tf, str) or getattr(st, "template", None) is not None:
@@ -637,7 +642,7 @@ def _check_order_and_columns(stage_objs: list[Stage], probs: _Problems, base_dir
         if available is not None:
             missing = sorted(required - available)
             in_file = _file_names(st, base_dir) if missing else frozenset()
-            field = "rubric" if isinstance(getattr(st, "rubric", None), str) else "template_file"
+            field = "rubric" if _reads_rubric(st) else "template_file"
             inputs = getattr(st, "inputs", None) or {}
             for col in missing:
                 hint = closest(col, sorted(available))
