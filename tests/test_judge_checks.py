@@ -90,6 +90,8 @@ def test_rate_that_copies_the_display_order_is_flagged_at_the_end_in_show_and_ex
     assert check["position_bias"]["spearman_rating_position"] == 1.0
     shown = smolforge("show", str(tmp_path / "run"), env={"COLUMNS": "250"})
     assert "degenerate judge rate: ratings equal their display position" in shown.stdout
+    assert ('rate judge check (32 ratings): mean_rating_by_position={"1": 1.0, "2": 2.0, "3": 3.0, "4": 4.0}, '
+            "spearman_rating_position=1, ratings_equal_to_position=1") in shown.stdout
     ex = smolforge("export", str(tmp_path / "run"), "--format", "dpo", "--to", str(tmp_path / "dpo.jsonl"))
     assert ex.returncode == 0, ex.stderr
     assert "degenerate judge rate: ratings equal their display position" in ex.stderr

@@ -34,8 +34,15 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     console.print(t)
     for s in summary["stages"]:  # figures a stage reports about its whole output
         if s.get("summary"):
-            items = ", ".join(f"{k}={_fmt(v)}" for k, v in s["summary"].items())
+            items = ", ".join(f"{k}={_fmt(v)}" for k, v in s["summary"].items() if k != "judge_check")
             console.print(f"{s['name']} summary: {items}", markup=False, highlight=False, soft_wrap=True)
+        if check := (s.get("summary") or {}).get("judge_check"):
+            figs = {**check.get("position_bias", {}), **({"spearman_score_criterion": check["spearman_score_criterion"]}
+                                                        if check.get("spearman_score_criterion") else {})}
+            items = ", ".join(f"{k}={_fmt(v)}" for k, v in figs.items())
+            state = "; ".join(check.get("degenerate") or []) or "no degenerate signal"
+            console.print(f"{s['name']} judge check ({check.get('ratings', 0)} ratings): {items or '-'}; {state}",
+                          markup=False, highlight=False, soft_wrap=True)
     for w in summary.get("judge_warnings", []):
         console.print(f"[red]degenerate judge[/red] {escape(w)}: its scores are not a quality signal",
                       highlight=False, soft_wrap=True)
