@@ -121,6 +121,9 @@ def test_a_source_that_gives_nothing_new_stops(tmp_path):
     assert "raise target.max_candidates" not in r.stderr
     assert (f"target.max_candidates (10000) was not the limit, {t['candidates']} were used: the source "
             "gives no new records that survive") in r.stderr
+    shown = smolforge("show", str(tmp_path / "run"), env={"COLUMNS": "250"})
+    assert "more candidates needed" not in shown.stdout
+    assert "the budget was not the limit: the source gives no new records that survive" in shown.stdout
 
 
 def test_a_resumed_run_that_adds_a_round_says_so(tmp_path):

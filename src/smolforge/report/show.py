@@ -51,8 +51,11 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         line = (f"target {t['records']} records: kept {t.get('kept', 0)}, {state}; "
                 f"{t.get('candidates', 0)} of {t.get('max_candidates')} candidates, "
                 f"acceptance {_fmt(t.get('acceptance'))}")
-        if t.get("more_candidates_needed"):
+        if t.get("more_candidates_needed") and t.get("stopped") == "max_candidates spent":
             line += f"; about {t['more_candidates_needed']} more candidates needed"
+        elif not t.get("reached") and t.get("stopped") not in (None, "max_candidates spent"):
+            # the source ran dry: more budget cannot help
+            line += "; the budget was not the limit: the source gives no new records that survive"
         console.print(line, markup=False, highlight=False, soft_wrap=True)
         rounds = Table("round", "candidates", "kept", "acceptance", box=None)
         for r in t.get("rounds", []):
