@@ -14,6 +14,7 @@ from smolforge.engines.models import resolve_model_path
 from smolforge.train.estimate import (
     GPUS,
     estimate,
+    format_report,
     load_shape,
     param_counts,
     params_from_config,
@@ -220,3 +221,43 @@ def test_cli(tmp_path):
     (tmp_path / "bad.json").write_text('{"hidden_size": 8}')
     r = smolforge("estimate", str(tmp_path / "bad.json"))
     assert r.returncode == 1 and "config.json has no 'num_attention_heads'" in r.stderr
+
+
+def test_moe_and_mla_gguf_written_by_llama_cpps_writer(tmp_path):
+    """A mixture-of-experts GGUF (deepseek2 layout: routed `*_exps`, shared `*_shexp`
+    experts, an MLA latent), written by llama.cpp's own gguf writer: total from the
+    tensors, active with 2 of 8 routed experts and without the input embedding, KV
+    cache of one latent (kv_lora_rank + rope dims) per layer."""
+    gguf = pytest.importorskip("gguf", reason="llama.cpp's gguf-py is not installed")
+    import numpy as np
+
+    path = tmp_path / "moe.gguf"
+    w = gguf.GGUFWriter(str(path), "deepseek2")
+    w.add_block_count(2)
+    w.add_embedding_length(16)
+    w.add_head_count(4)
+    w.add_head_count_kv(4)
+    w.add_context_length(1024)
+    w.add_uint32("deepseek2.expert_count", 8)
+    w.add_uint32("deepseek2.expert_used_count", 2)
+    w.add_uint32("deepseek2.attention.kv_lora_rank", 32)
+    w.add_uint32("deepseek2.rope.dimension_count", 8)
+    shapes = {"token_embd.weight": (100, 16), "output.weight": (100, 16), "output_norm.weight": (16,)}
+    for b in range(2):
+        shapes.update({f"blk.{b}.attn_q.weight": (64, 16), f"blk.{b}.attn_kv_a_mqa.weight": (40, 16),
+                       f"blk.{b}.attn_output.weight": (16, 64), f"blk.{b}.ffn_gate_inp.weight": (8, 16),
+                       f"blk.{b}.ffn_gate_shexp.weight": (12, 16)})
+        shapes.update({f"blk.{b}.ffn_{p}_exps.weight": (8, 12, 16) for p in ("gate", "up", "down")})
+    for name, shape in shapes.items():
+        w.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    shape = shape_from_gguf(path)
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    routed = 2 * 3 * 8 * 12 * 16
+    assert shape.params == total
+    assert shape.active_params == total - routed + routed * 2 // 8 - 100 * 16
+    assert shape.kv_latent == 40 and shape.kv_bytes_per_token == 2 * 40 * 2
+    assert "MLA latent 40" in format_report(estimate(shape, context=64))
