@@ -206,9 +206,14 @@ def _experts(cfg: dict[str, Any]) -> tuple[int, int]:
 def _is_moe_layer(cfg: dict[str, Any], i: int, experts: int) -> bool:
     """Which layers hold experts: DeepSeek/GLM keep the first `first_k_dense_replace`
     dense and then every `moe_layer_freq`-th; Qwen-MoE lists `mlp_only_layers` and
-    takes every `decoder_sparse_step`-th; Mixtral and gpt-oss use experts everywhere."""
+    takes every `decoder_sparse_step`-th; Llama 4 every `interleave_moe_layer_step`-th
+    (or its `moe_layers`); Mixtral and gpt-oss use experts everywhere."""
     if experts <= 1:
         return False
+    if cfg.get("moe_layers") is not None:  # Llama 4 lists them
+        return i in cfg["moe_layers"]
+    if cfg.get("interleave_moe_layer_step"):  # Llama 4: every step-th layer
+        return (i + 1) % int(cfg["interleave_moe_layer_step"]) == 0
     if i < (cfg.get("first_k_dense_replace") or 0) or i in (cfg.get("mlp_only_layers") or ()):
         return False
     if cfg.get("moe_layer_freq"):
@@ -245,7 +250,8 @@ def param_counts(cfg: dict[str, Any]) -> tuple[int, int]:
     (up, gate, down) or, in mixture-of-experts layers, the routed experts (each of
     `moe_intermediate_size`, else `intermediate_size`), the router, and shared experts
     (DeepSeek `n_shared_experts` of the expert size; Qwen-MoE one of
-    `shared_expert_intermediate_size` with its gate), two norms per layer, the final
+    `shared_expert_intermediate_size` with its gate; Llama 4 one of the expert size,
+    its dense layers of `intermediate_size_mlp`), two norms per layer, the final
     norm and an untied LM head. Active counts the experts used per token and leaves
     out the input embedding (a row lookup), as DeepSeek, Mistral and OpenAI quote it;
     Qwen's "activated" figures include it (+ vocab x hidden). DeepSeek V3's
@@ -253,12 +259,14 @@ def param_counts(cfg: dict[str, Any]) -> tuple[int, int]:
     its published 671B."""
     cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
     h, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    inter = cfg["intermediate_size"]
     experts, per_tok = _experts(cfg)
-    expert_inter = cfg.get("moe_intermediate_size") or inter
+    expert_inter = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+    inter = cfg.get("intermediate_size_mlp") or cfg["intermediate_size"]  # dense layers (Llama 4)
     shared = 3 * h * expert_inter * (cfg.get("n_shared_experts") or 0)
     if cfg.get("shared_expert_intermediate_size"):
         shared += 3 * h * cfg["shared_expert_intermediate_size"] + h  # + its sigmoid gate
+    if str(cfg.get("model_type", "")).startswith("llama4"):  # one shared expert per MoE layer
+        shared += 3 * h * expert_inter
     attn = _attention_params(cfg)
     total = active = 0
     for i in range(layers):
