@@ -274,7 +274,10 @@ def test_pairwise_stage_through_a_recipe(tmp_path):
     (row,) = run.data().to_pylist()
     assert row["preference"] == "tie" and row["preference_p_a"] == 0.5
     stage = next(s for s in run.manifest["stages"] if s["name"] == "pairwise_judge")
-    assert stage["summary"] == {"winners": {"tie": 1}}
+    assert stage["summary"]["winners"] == {"tie": 1}
+    # "A" in both orders: the first-shown response always won (too few pairs to flag)
+    assert stage["summary"]["judge_check"]["position_bias"] == {"pairs": 1, "order_agreement": 0.0,
+                                                                "first_shown_wins": 1.0}
 
 
 # ------------------------------------------------------------------ panels

@@ -407,3 +407,33 @@ def test_rate_single_goes_through_the_judge_stage(tmp_path):
         else:
             assert 1 <= c["score"] <= 5 and c["rate_error"] is None
             assert c["score"] == pytest.approx(sum(c["ratings"].values()) / 4)
+
+
+def test_pairs_never_choose_a_cut_answer_over_a_complete_one(tmp_path):
+    """A candidate cut off at max_tokens (finish_reason "length") that scored best is
+    passed over for the best complete one (it may still be the rejected side);
+    `allow_truncated: true` restores plain score order."""
+    def cut_cands(scores, cut):
+        return [{**c, "finish_reason": "length" if k in cut else "stop"} for k, c in enumerate(cands(scores))]
+
+    items = [{"prompt": "a", "candidates": cut_cands([5.0, 3.0, 1.0], cut={0})},   # best is cut
+             {"prompt": "b", "candidates": cut_cands([5.0, 1.0], cut={0})},        # complete is the worst
+             {"prompt": "c", "candidates": cut_cands([4.0, 2.0], cut={0, 1})}]      # all cut: by score
+    for strategy in ("random_lower", "best_worst", "all_pairs"):
+        recipe = {"name": "p", "seed": 3, "stages": [{"type": "items", "items": items},
+                                                     {"type": "pairs", "strategy": strategy}]}
+        run = sf.run(recipe, tmp_path / strategy)
+        rows = {(r["prompt"], r["chosen"], r["rejected"]) for r in run.data().to_pylist()}
+        a = {(c, r) for p, c, r in rows if p == "a"}
+        assert a == {("answer 1", "answer 2")}, (strategy, rows)
+        assert {(c, r) for p, c, r in rows if p == "c"} == {("answer 0", "answer 1")}
+        (rej,) = run.rejects().to_pylist()
+        assert json.loads(rej["record"])["prompt"] == "b"
+        assert rej["reason"] == ("truncated: the best-scored candidate(s) were cut at max_tokens and every "
+                                 "complete one scored the lowest (1)")
+        st = json.loads((tmp_path / strategy / "manifest.json").read_text())["stages"][-1]
+        assert (st["cut_best_passed_over"], st["dropped_truncated"]) == (2, 1)
+    recipe = {"name": "p", "seed": 3, "stages": [{"type": "items", "items": items},
+                                                 {"type": "pairs", "allow_truncated": True}]}
+    rows = sf.run(recipe, tmp_path / "allowed").data().to_pylist()
+    assert [(r["prompt"], r["chosen"]) for r in rows] == [("a", "answer 0"), ("b", "answer 0"), ("c", "answer 0")]

@@ -133,3 +133,55 @@ def test_cli_set_override_is_validated_and_blamed_on_the_argument(tmp_path):
 def test_builtin_recipe_typo(tmp_path):
     with pytest.raises(RecipeError, match="did you mean 'textbooks'"):
         load_recipe("textbook")
+
+
+RUBRIC_Q = "aspects:\n  relevance: 'Question: {{ q }}\\nAnswer: {{ answer }}\\nScore 0-5:'\n"
+
+
+def judge_recipe(tmp_path, **judge) -> dict:
+    return {"name": "r", "stages": [
+        {"type": "items", "items": [{"question": "Why?", "answer": "Because."}]},
+        {"type": "judge", "rubric": "my_rubric.yaml", **judge}]}
+
+
+def test_rubric_file_is_checked_before_anything_runs(tmp_path):
+    """A typo in a rubric file's name, a rubric variable no column feeds, a mapping to a
+    column that does not exist, a rubric that does not parse: each is a recipe error
+    naming the YAML path, not a failure after generation (or every record rejected
+    with "'q' is undefined")."""
+    (tmp_path / "my_rubric.yaml").write_text(RUBRIC_Q)
+    msg = errors_of(tmp_path, judge_recipe(tmp_path, rubric="my_rubrc.yaml"))
+    assert "stages[1].rubric: unknown rubric 'my_rubrc.yaml'" in msg
+    msg = errors_of(tmp_path, judge_recipe(tmp_path))
+    assert ("stages[1].rubric: column 'q' is used before any stage produces it (available: answer, id, meta, "
+            "question); a rubric variable: map it to a column with `inputs: {q: COLUMN}`") in msg
+    line = next(i for i, ln in enumerate((tmp_path / "r.yaml").read_text().splitlines(), 1) if "my_rubric" in ln)
+    assert f"r.yaml:{line}: stages[1].rubric" in msg
+    msg = errors_of(tmp_path, judge_recipe(tmp_path, inputs={"q": "questoin"}))
+    assert "stages[1].inputs.q: column 'questoin' is used before any stage produces it (did you mean 'question'?)" in msg
+    load_recipe(write_recipe(tmp_path / "ok.yaml", judge_recipe(tmp_path, inputs={"q": "question"})))
+    (tmp_path / "my_rubric.yaml").write_text("aspect:\n  relevance: x\n")
+    msg = errors_of(tmp_path, judge_recipe(tmp_path))
+    assert "stages[1].rubric: rubric file 'my_rubric.yaml': aspects: Field required" in msg
+    (tmp_path / "my_rubric.yaml").write_text("aspects:\n  relevance: '{{ q '\n")
+    assert "stages[1].rubric: rubric file 'my_rubric.yaml': template line 1" in errors_of(tmp_path, judge_recipe(tmp_path))
+    # `rate` reads a rubric file too
+    rate = {"name": "r", "stages": [{"type": "items", "items": [{"prompt": "p", "candidates": []}]},
+                                    {"type": "rate", "rubric": "uf.yaml"}]}
+    assert "stages[1].rubric: unknown rubric 'uf.yaml'" in errors_of(tmp_path, rate)
+    rate["stages"][1].update(rubric="ultrafeedback", aspects=["helpfulnes"])
+    assert "stages[1].aspects: rubric 'ultrafeedback' has no aspect(s) ['helpfulnes']" in errors_of(tmp_path, rate)
+    del rate["stages"][1]["aspects"]
+    rate["stages"][0]["items"] = [{"instruction": "p", "candidates": []}]
+    msg = errors_of(tmp_path, rate)  # a missing column of `rate` is not blamed on its rubric
+    assert "stages[1]: column 'prompt' is used before any stage produces it" in msg and "inputs" not in msg
+
+
+def test_bad_set_on_target_names_the_set(tmp_path):
+    data = tiny_recipe()
+    data["target"] = {"records": 4, "max_candidates": 10}
+    path = write_recipe(tmp_path / "r.yaml", data)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, ["target.max_candidates=2"])
+    assert str(e.value).startswith("--set target.max_candidates=2: target: value error, max_candidates (2) "
+                                   "must be at least records (4)")

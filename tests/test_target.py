@@ -136,6 +136,28 @@ def test_a_source_that_gives_nothing_new_stops(tmp_path):
     assert r.returncode == 4, r.stderr
     t = manifest(tmp_path / "run")["target"]
     assert t["kept"] == 2 and "kept nothing" in t["stopped"] and t["candidates"] < 100
+    # the budget was not the limit: no advice to raise it (it said "raise ... to 20")
+    assert "raise target.max_candidates" not in r.stderr
+    assert (f"target.max_candidates (10000) was not the limit, {t['candidates']} were used: the source "
+            "gives no new records that survive") in r.stderr
+    shown = smolforge("show", str(tmp_path / "run"), env={"COLUMNS": "250"})
+    assert "more candidates needed" not in shown.stdout
+    assert "the budget was not the limit: the source gives no new records that survive" in shown.stdout
+
+
+def test_a_resumed_run_that_adds_a_round_says_so(tmp_path):
+    """Every stage of the earlier rounds is done, but a bigger budget adds a round: the
+    resume line names that round instead of "every stage is done"."""
+    out = tmp_path / "run"
+    assert smolforge("run", str(recipe(tmp_path, 30, 40)), "--out", str(out), "--quiet").returncode == 4
+    rounds = len(manifest(out)["target"]["rounds"])
+    r = smolforge("run", str(recipe(tmp_path, 30, 1000)), "--out", str(out), env={"COLUMNS": "250"})
+    assert r.returncode == 0, r.stderr
+    assert "every stage is done" not in r.stderr
+    assert "done (" in r.stderr and f"continuing at target round {rounds} (30 records wanted)" in r.stderr
+    # a re-run of the finished run is what "every stage is done" means
+    r = smolforge("run", str(recipe(tmp_path, 30, 1000)), "--out", str(out), env={"COLUMNS": "250"})
+    assert r.returncode == 0 and "every stage is done, writing the output" in r.stderr
 
 
 def test_target_validation_and_dry_run_forecast(tmp_path):

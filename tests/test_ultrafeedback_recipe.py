@@ -29,7 +29,8 @@ def test_ultrafeedback_recipe_end_to_end(tmp_path):
     assert st["candidates"]["summary"]["candidates_per_teacher"] == {"careful": 4, "creative": 4}
     assert st["rate"]["candidates_rated"] + st["rate"]["candidates_unrated"] == 8
     pairs = st["pairs"]
-    assert pairs["prompts_paired"] + pairs["dropped_tie"] + pairs["dropped_margin"] + pairs["dropped_unrated"] == 2
+    assert pairs["prompts_paired"] + pairs["dropped_tie"] + pairs["dropped_margin"] + pairs["dropped_unrated"] \
+        + pairs.get("dropped_truncated", 0) == 2
     assert pairs["pairs"] == pairs["prompts_paired"] == pairs["out"]  # random_lower: one pair per prompt
     s = pairs["summary"]
     assert sum(s["chosen_score_hist"].values()) == pairs["pairs"]
@@ -48,7 +49,10 @@ def test_ultrafeedback_recipe_end_to_end(tmp_path):
 
     rejects = [r for r in run.rejects().to_pylist() if r["stage"] == "pairs"]
     assert len(rejects) == 2 - pairs["prompts_paired"]
-    assert all(r["reason"].startswith(("tie:", "margin:", "0 rated", "1 rated")) for r in rejects)
+    assert all(r["reason"].startswith(("tie:", "margin:", "truncated:", "0 rated", "1 rated")) for r in rejects)
+    check = st["rate"]["summary"]["judge_check"]  # the judge's self-check, in the manifest
+    assert set(check["position_bias"]["mean_rating_by_position"]) <= {"1", "2", "3", "4"}
+    assert isinstance(check["degenerate"], list)
 
     rows = run.data().to_pylist() if pairs["pairs"] else []
     for r in rows:

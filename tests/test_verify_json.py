@@ -230,3 +230,38 @@ def test_auto_detection_canned_servers():
         finally:
             eng.close()
     assert r.error is not None and len(srv.seen) == 1
+
+
+def test_control_characters_in_strings(tmp_path):
+    """A raw newline inside a JSON string is invalid JSON: the reason reads once "at"
+    (Python's message ends in "at": it read "at at"); and the grammar the embedded
+    engine builds from a schema cannot produce one (llama-cpp-python's `char` rule let
+    every control character through), so what it generates parses every time."""
+    stage = VerifyJSON(type="verify_json")
+    res = stage.process([rec(0, '{"name": "two\nlines"}')], ctx(tmp_path))
+    (rej,) = res.rejected
+    assert rej.reason == "invalid JSON: Invalid control character at line 1 column 14: '{\"name\": \"two\\nlines\"}'"
+    assert " at at " not in rej.reason
+
+    from smolforge.engines.llamacpp import LlamaCppEngine, json_grammar
+
+    grammar = json_grammar({"type": "object", "properties": {"poem": {"type": "string", "maxLength": 200}},
+                            "required": ["poem"]})
+    char = next(line for line in grammar.splitlines() if line.startswith("char ::="))
+    assert char.startswith(r'char ::= [^"\\\x7F\x00-\x1F] |'), char
+    # the bundled model, asked for a poem of several lines in one JSON string
+    engine = LlamaCppEngine(model="smollm2-135m", n_ctx=512, n_threads=1)
+    try:
+        schema = {"type": "object", "properties": {"poem": {"type": "string", "maxLength": 200}},
+                  "required": ["poem"]}
+        reqs = [Request(messages=[{"role": "user", "content": f"Write a poem of four short lines about {t}. "
+                                   "Answer in JSON: {\"poem\": \"...\"}"}],
+                        max_tokens=80, temperature=0.0, json_schema=schema)
+                for t in ("the sea", "a river", "winter")]
+        for resp in engine.generate(reqs):
+            text = resp.completions[0].text
+            assert not any(ord(ch) < 0x20 for ch in text), text  # whitespace outside strings: spaces
+            if resp.completions[0].finish_reason == "stop":
+                assert isinstance(json.loads(text)["poem"], str)
+    finally:
+        engine.close()

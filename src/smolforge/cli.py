@@ -206,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print_summary(summary)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
+    _warn_degenerate_judges(run.manifest, err)
     failures = run.manifest.get("engine_failures", {})
     if failures.get("records"):
         err.print(f"[red]{failures['records']} record(s) failed for engine reasons[/red] "
@@ -218,6 +219,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                   + "\n(--allow-empty to accept an empty dataset)")
         return EXIT_EMPTY
     return 0
+
+
+def _warn_degenerate_judges(manifest: dict, err: Console, what: str = "") -> None:
+    """A judge whose own output marks it degenerate (its summary's `judge_check`)."""
+    from smolforge.report.stats import judge_warnings
+
+    for w in judge_warnings(manifest.get("stages", [])):
+        err.print(f"[red]degenerate judge[/red] {escape(w)}: its scores are not a quality signal{what}")
 
 
 def _why_empty(summary: dict) -> str:
@@ -307,7 +316,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     n = export(args.run_dir, args.format, args.to, args.prompt_column, args.response_column, args.system_column,
                split=args.split, licence=args.license)
-    Console(stderr=True).print(f"wrote {n} records to {args.to}", markup=False, highlight=False)
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    err.print(f"wrote {n} records to {args.to}", markup=False)
+    manifest = Path(args.run_dir) / "manifest.json"
+    if args.format in ("dpo", "kto") and manifest.is_file():
+        _warn_degenerate_judges(json.loads(manifest.read_text()), err,
+                                "; the chosen/rejected labels follow it")
     return 0
 
 

@@ -358,6 +358,12 @@ class _Problems:
                 where = format_path(loc) if n < len(loc) else ""
                 self.items.append(f"--set {self.set_paths[loc[:n]]}: {where + ': ' if where else ''}{message}")
                 return
+        # A check across the fields of a mapping (`target`'s max_candidates >= records)
+        # that a `--set` changed: blamed on that argument, not on a recipe line.
+        inside = [ov for p, ov in self.set_paths.items() if loc and loc[0] != "stages" and p[:len(loc)] == loc]
+        if inside:
+            self.items.append(f"--set {', --set '.join(inside)}: {format_path(loc)}: {message}")
+            return
         line = None
         for n in range(len(loc), -1, -1):
             if loc[:n] in self.lines:
@@ -600,8 +606,15 @@ def _check_stage_engines(stage_objs: list[Stage], probs: _Problems) -> None:
                 probs.add((*loc, "type"), str(e))
 
 
+def _reads_rubric(st: Stage) -> bool:
+    """A stage whose columns come from its rubric's variables, mapped by `inputs:`."""
+    return isinstance(getattr(st, "rubric", None), str) and isinstance(getattr(st, "inputs", None), dict)
+
+
 def _file_names(st: Stage, base_dir: Path) -> frozenset[str]:
     """The names a stage's template file reads (to blame a missing column on it)."""
+    if _reads_rubric(st):  # a judge: its rubric's variables
+        return frozenset(st.requires())
     tf = getattr(st, "template_file", None)
     if not isinstance(tf, str) or getattr(st, "template", None) is not None:
         return frozenset()
@@ -623,16 +636,22 @@ def _check_order_and_columns(stage_objs: list[Stage], probs: _Problems, base_dir
             continue
         try:
             required = st.requires()
-        except TemplateError as e:  # a template file that does not parse
-            probs.add(("stages", i, "template_file"), str(e))
+        except TemplateError as e:  # a template or rubric file that is missing or does not parse
+            probs.add(("stages", i, e.field), str(e))
             required = set()
         if available is not None:
             missing = sorted(required - available)
             in_file = _file_names(st, base_dir) if missing else frozenset()
+            field = "rubric" if _reads_rubric(st) else "template_file"
+            inputs = getattr(st, "inputs", None) or {}
             for col in missing:
                 hint = closest(col, sorted(available))
                 msg = f"column {col!r} is used before any stage produces it"
                 msg += f" (did you mean {hint!r}?)" if hint else f" (available: {', '.join(sorted(available))})"
-                probs.add(("stages", i, "template_file") if col in in_file else ("stages", i), msg)
+                if field == "rubric" and col not in inputs.values():
+                    msg += f"; a rubric variable: map it to a column with `inputs: {{{col}: COLUMN}}`"
+                where = ("inputs", next(k for k, v in inputs.items() if v == col)) \
+                    if field == "rubric" and col in inputs.values() else (field,)
+                probs.add(("stages", i, *where) if col in in_file else ("stages", i), msg)
         provided = st.provides()
         available = None if provided is None or available is None else (available | provided) - st.removes()

@@ -211,6 +211,7 @@ class Runner:
         if target is None:
             manifest.pop("target", None)
         self._done: list[tuple[Any, str, StageDir]] = []  # the pass in progress, for a failure's manifest
+        self._all_resumed: list[tuple[str, int]] | None = None  # every stage found done (target runs)
         stats: list[dict] = []
         try:
             self.executor.open(self)
@@ -218,8 +219,14 @@ class Runner:
             with self.progress:
                 done_stages, fp, n_shards = self._pass(base, attempt, first=True)
                 while self.rounds is not None and self.rounds.plan_next(done_stages[-1][2], n_shards):
+                    if self._all_resumed:  # not "every stage is done": a new round follows
+                        self.progress.resumed(self._all_resumed, f"target round {len(self.rounds.plan) - 1} "
+                                              f"({self.rounds.records} records wanted)")
+                        self._all_resumed = None
                     self.store.write_manifest(manifest)  # the new round is part of the run now
                     done_stages, fp, n_shards = self._pass(base, attempt, first=False)
+                if self._all_resumed:
+                    self.progress.resumed(self._all_resumed, None)
                 if self.rounds is not None:
                     cut = TargetCut(records=self.rounds.records)
                     i = len(done_stages)
@@ -281,7 +288,10 @@ class Runner:
             prev = sdir
             if i == 0:
                 self._check_columns(sdir)
-        if resumed:
+        self._all_resumed = None
+        if resumed and self.rounds is not None:
+            self._all_resumed = resumed  # said once the target's next round is known
+        elif resumed:
             self.progress.resumed(resumed, None)
         return done, fp, n_shards
 

@@ -20,7 +20,12 @@ _env = ImmutableSandboxedEnvironment(
 
 
 class TemplateError(ValueError):
-    pass
+    """A prompt file that cannot be read or parsed; `field` is the stage field that
+    named it, for the recipe error's YAML path."""
+
+    def __init__(self, message: str, field: str = "template_file"):
+        super().__init__(message)
+        self.field = field
 
 
 def load_source(

@@ -29,6 +29,22 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+# llama-cpp-python's JSON string character rule is `[^"\\]`: a raw newline, tab or
+# other control character passes, and `json.loads` rejects the string ("Invalid
+# control character"). JSON forbids U+0000-U+001F unescaped (RFC 8259, section 7);
+# llama.cpp's own json-schema-to-grammar excludes them (and DEL), as here.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def json_grammar(schema: dict[str, Any]) -> str:
+    """The GBNF grammar for `schema` (llama-cpp-python's converter), with strings that
+    cannot hold raw control characters, so the output parses with `json.loads`."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(json.dumps(schema)).replace(_LOOSE_CHAR, _STRICT_CHAR)
+
+
 @engines.register("llamacpp")
 class LlamaCppEngine(Engine):
     """Runs a GGUF model in-process with llama.cpp, many sequences at a time.
@@ -101,8 +117,6 @@ class LlamaCppEngine(Engine):
 
     def _prepare(self, rt: Any, i: int, req: Request) -> Any:
         """Render, tokenize and check one request; a problem fails this request only."""
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
         from smolforge.engines.llamacpp_batch import Job
 
         job = Job(i, req, [], completions=[None] * max(req.n, 0), remaining=req.n)
@@ -127,7 +141,7 @@ class LlamaCppEngine(Engine):
                 )
             if req.json_schema is not None:
                 try:
-                    job.grammar = json_schema_to_gbnf(json.dumps(req.json_schema))
+                    job.grammar = json_grammar(req.json_schema)
                 except Exception as e:  # noqa: BLE001 - llama-cpp-python raises bare asserts
                     raise ValueError(f"json_schema cannot be turned into a grammar: {e}") from e
                 rt.check_grammar(job.grammar)

@@ -54,9 +54,18 @@ def target_missed(manifest: dict, err: Any) -> int | None:
         return None
     more = t.get("more_candidates_needed")
     rate = t.get("acceptance") or 0.0
-    hint = (f"about {more} more candidates would be needed at the observed acceptance rate "
-            f"({rate:.1%}); raise target.max_candidates to {t['candidates'] + more} and re-run "
-            "(rounds resume)") if more else "no candidate survived: the acceptance rate is 0"
+    budget = t.get("max_candidates") or 0
+    if t.get("stopped") not in (None, "max_candidates spent"):
+        # the budget was not the limit: more of it cannot help
+        hint = (f"target.max_candidates ({budget}) was not the limit, {t['candidates']} were used: "
+                "the source gives no new records that survive (add input, a `count`, "
+                "more `lists` values or sampling variety)")
+    elif more:
+        hint = (f"about {more} more candidates would be needed at the observed acceptance rate "
+                f"({rate:.1%}); raise target.max_candidates to {max(t['candidates'] + more, budget + 1)} "
+                "and re-run (rounds resume)")
+    else:
+        hint = "no candidate survived: the acceptance rate is 0"
     err.print(f"[red]target not reached[/red]: {t.get('kept', 0)} of {t['records']} records after "
               f"{t['candidates']} candidates ({t.get('stopped')}); {hint}")
     return EXIT_TARGET_MISSED

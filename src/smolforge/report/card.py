@@ -193,6 +193,8 @@ def card(summary: dict, prof: dict, splits: dict[str, pa.Table], licence: str | 
     for w in s.get("licence_warnings", []):
         out.append(f"> **Licence warning:** {w['message']}. Affected: every record whose `meta` names this "
                    f"teacher (e.g. {', '.join(w['example_ids'][:5])}).\n")
+    for w in s.get("judge_warnings", []):
+        out.append(f"> **Degenerate judge:** {w}: its scores are not a quality signal.\n")
 
     out.append("## Recipe\n")
     out.append(_md_table(["stage", "type", "in", "kept", "rejected"],

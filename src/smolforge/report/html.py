@@ -192,6 +192,9 @@ def render(summary: dict, prof: dict) -> str:
         else:
             add("<p>No stage committed a shard yet.</p>")
         add("</div>")
+    for w in s.get("judge_warnings", []):
+        add(f"<div class='warn sf-judge-warning'><b>Degenerate judge:</b> {esc(w)}: its scores are "
+            "not a quality signal</div>")
     fails = s.get("engine_failures") or {}
     if fails.get("records"):
         add(f"<div class='warn'>{fails['records']} record(s) failed for engine reasons (not final: "

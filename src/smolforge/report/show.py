@@ -37,15 +37,28 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         print_partial(p, console)
     for s in summary["stages"]:  # figures a stage reports about its whole output
         if s.get("summary"):
-            items = ", ".join(f"{k}={_fmt(v)}" for k, v in s["summary"].items())
+            items = ", ".join(f"{k}={_fmt(v)}" for k, v in s["summary"].items() if k != "judge_check")
             console.print(f"{s['name']} summary: {items}", markup=False, highlight=False, soft_wrap=True)
+        if check := (s.get("summary") or {}).get("judge_check"):
+            figs = {**check.get("position_bias", {}), **({"spearman_score_criterion": check["spearman_score_criterion"]}
+                                                        if check.get("spearman_score_criterion") else {})}
+            items = ", ".join(f"{k}={_fmt(v)}" for k, v in figs.items())
+            state = "; ".join(check.get("degenerate") or []) or "no degenerate signal"
+            console.print(f"{s['name']} judge check ({check.get('ratings', 0)} ratings): {items or '-'}; {state}",
+                          markup=False, highlight=False, soft_wrap=True)
+    for w in summary.get("judge_warnings", []):
+        console.print(f"[red]degenerate judge[/red] {escape(w)}: its scores are not a quality signal",
+                      highlight=False, soft_wrap=True)
     if t := summary.get("target"):
         state = "reached" if t.get("reached") else f"not reached ({t.get('stopped') or 'budget spent'})"
         line = (f"target {t['records']} records: kept {t.get('kept', 0)}, {state}; "
                 f"{t.get('candidates', 0)} of {t.get('max_candidates')} candidates, "
                 f"acceptance {_fmt(t.get('acceptance'))}")
-        if t.get("more_candidates_needed"):
+        if t.get("more_candidates_needed") and t.get("stopped") == "max_candidates spent":
             line += f"; about {t['more_candidates_needed']} more candidates needed"
+        elif not t.get("reached") and t.get("stopped") not in (None, "max_candidates spent"):
+            # the source ran dry: more budget cannot help
+            line += "; the budget was not the limit: the source gives no new records that survive"
         console.print(line, markup=False, highlight=False, soft_wrap=True)
         rounds = Table("round", "candidates", "kept", "acceptance", box=None)
         for r in t.get("rounds", []):

@@ -227,6 +227,7 @@ def summarize(run_dir: str | Path, samples: int = 3, column: str | None = None) 
     if tcols:
         out["first_words"] = per_col[tcols[0]]["first_words"].most_common(5)
     out["teachers"], out["licence_warnings"] = _licences(teachers, manifest.get("engines", []))
+    out["judge_warnings"] = judge_warnings(out["stages"])
     return out
 
 
@@ -296,6 +297,13 @@ def partial(run_dir: Path, manifest: dict, recipe: dict) -> dict | None:
     return {"state": state, "error": last.get("error"), "stages": stages_on_disk(run_dir, recipe),
             "resume": resume,
             "note": "re-run the same command to resume: finished shards are kept, cached answers are reused"}
+
+
+def judge_warnings(stages: list[dict]) -> list[str]:
+    """`stage: signal` for every judge or rate stage whose self-check (its summary's
+    `judge_check`, see `smolforge.stages.judge.judge_check`) found it degenerate."""
+    return [f"{s['name']}: {d}" for s in stages
+            for d in (((s.get("summary") or {}).get("judge_check") or {}).get("degenerate") or [])]
 
 
 def funnel(stages: list[dict], rejects: list[dict]) -> list[dict]:

@@ -52,14 +52,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Completion
 from smolforge.registry import closest, stages
 from smolforge.stages.base import Record, Result, Shards
 from smolforge.stages.generate import LLMStage
-from smolforge.templates import variables
+from smolforge.templates import TemplateError, variables
 
 DEFAULT_SCORE_PATTERN = r"score\"?\s*(?:is|of|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)"
 DEFAULT_CRITERIA_TEMPLATE = """\
@@ -136,6 +144,24 @@ def load_rubric(name_or_path: str, base_dir: str = ".") -> Rubric:
             + (f" (did you mean {hint!r}?)" if hint else f" (built-in: {', '.join(builtin_rubrics())}; or a YAML file)")
         )
     return _parse_rubric(path.read_text())
+
+
+def check_rubric_file(name: str, base_dir: Path) -> Rubric:
+    """A rubric file named in a recipe, read and parsed at validation time; any
+    problem is a TemplateError on the stage's `rubric` field, with the file named."""
+    try:
+        rubric = load_rubric(name, str(base_dir))
+        for src in [*rubric.aspects.values(), rubric.criteria_template]:
+            variables(src)  # a template that does not parse
+        return rubric
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TemplateError(f"rubric file {name!r}: {where + ': ' if where else ''}{first['msg']}",
+                            field="rubric") from None
+    except (ValueError, OSError, yaml.YAMLError) as e:
+        msg = str(e) if str(e).startswith("unknown rubric") else f"rubric file {name!r}: {e}"
+        raise TemplateError(msg, field="rubric") from None
 
 
 @lru_cache(maxsize=32)
@@ -267,11 +293,21 @@ class Judge(LLMStage):
     def reason_column(self) -> str:
         return self.justification_column or f"{self.column}_justification"
 
+    def _checked_rubric(self) -> Rubric | None:
+        """The rubric as recipe validation sees it: a rubric file is read from the
+        recipe's folder once validation has set it (so a typo in its name, or a
+        variable no column feeds, fails before anything runs); None before that."""
+        if not (self.rubric and self.rubric.endswith((".yaml", ".yml"))):
+            return self._rubric(None)
+        if self._recipe_dir is None:
+            return None
+        return check_rubric_file(self.rubric, self._recipe_dir)
+
     def requires(self) -> set[str]:
-        if self.rubric and self.rubric.endswith((".yaml", ".yml")):
+        rubric = self._checked_rubric()
+        if rubric is None:
             return set(self.inputs.values())
         names: set[str] = set()
-        rubric = self._rubric(None)
         sources = [rubric.criteria_template] if self.method == "criteria" else list(rubric.aspects.values())
         for src in sources:
             names |= variables(src)
@@ -284,7 +320,11 @@ class Judge(LLMStage):
             cols.add(f"{self.column}_entropy")
         if self._multi_engine():
             cols.add(f"{self.column}_judges")
-        units = self.units(self._rubric(None)) if not (self.rubric or "").endswith((".yaml", ".yml")) else {}
+        try:
+            rubric = self._checked_rubric()
+        except TemplateError:  # reported by requires()
+            rubric = None
+        units = self.units(rubric) if rubric is not None else {}
         if len(units) > 1:
             cols |= {f"{self.column}_{a}" for a in units}
         return cols
@@ -458,11 +498,17 @@ class Judge(LLMStage):
         values: list[float] = []
         panel: list[list[float | None]] = []
         no_logprobs = 0
+        rubric = self._rubric(ctx)
+        units = list(self.units(rubric)) if len(self.units(rubric)) > 1 else []
+        per_unit: dict[str, list[float]] = {u: [] for u in units}
         cols = [self.column, "meta"] + ([f"{self.column}_judges"] if self._multi_engine() else [])
+        cols += [f"{self.column}_{u}" for u in units]
         for j in range(len(out)):
             for rec in out.columns(j, cols):
-                if rec.get(self.column) is not None:
+                if rec.get(self.column) is not None and all(rec.get(f"{self.column}_{u}") is not None for u in units):
                     values.append(float(rec[self.column]))
+                    for u in units:
+                        per_unit[u].append(float(rec[f"{self.column}_{u}"]))
                 if self._multi_engine() and rec.get(f"{self.column}_judges"):
                     panel.append(list(rec[f"{self.column}_judges"]))
                 meta = rec.get("meta") or {}
@@ -481,6 +527,8 @@ class Judge(LLMStage):
                                "returned no logprobs (method falls back to parsing)")
         if self._multi_engine():
             summary["agreement"] = panel_agreement(panel, [_engine_name(e) for e in self.engine])  # type: ignore[union-attr]
+        # one text per prompt: no display position to be biased by
+        summary["judge_check"] = judge_check(values, criteria=per_unit or None)
         return summary
 
 
@@ -594,6 +642,75 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     if sxx == 0 or syy == 0:
         return None
     return sxy / math.sqrt(sxx * syy)
+
+
+# ------------------------------------------------------------------ self-checks
+
+CHECK_MIN = 8  # ratings below this many say nothing about a judge
+POSITION_RHO = 0.8  # |Spearman| of rating with display position that marks a degenerate judge
+EQUAL_TO_POSITION = 0.9  # share of ratings equal to their display position (1, 2, 3...)
+ONE_SIDE = 0.9  # share of comparisons won by the response shown first (or second)
+UNCORRELATED = 0.1  # |Spearman| of the score with every criterion below this: unrelated
+
+
+def judge_check(scores: list[float], positions: list[int] | None = None,
+                criteria: dict[str, list[float]] | None = None,
+                orders: list[tuple[float, float]] | None = None,
+                overall: list[float] | None = None) -> dict[str, Any]:
+    """What a judge's own output says about it: position bias and signs of a
+    degenerate judge (Zheng et al., 2023, MT-Bench: position bias; a small model's
+    listwise ratings often copy the display order).
+
+    - `positions`: the display position (1-based) each score was given at: the
+      mean rating by position, Spearman's rho of rating with position, and the
+      share of ratings equal to their position.
+    - `orders`: per compared pair, P(a better) with a shown first and with a shown
+      second: the agreement between the two orders and the share of comparisons the
+      first-shown response won.
+    - `criteria`: per criterion (aspect, yes/no question) its value for each of
+      `overall` (default: `scores`), the combined scores: Spearman's rho with each.
+
+    `degenerate` lists the signals found (empty: none): one constant score, ratings
+    that follow or equal the display position, one position winning nearly every
+    comparison, a score uncorrelated with every criterion. Nothing is flagged below
+    CHECK_MIN ratings."""
+    out: dict[str, Any] = {"ratings": len(scores)}
+    bad: list[str] = []
+    enough = len(scores) >= CHECK_MIN
+    if enough and len(set(scores)) == 1:
+        bad.append(f"one constant score: all {len(scores)} ratings are {scores[0]:g}")
+    if positions:
+        by: dict[int, list[float]] = {}
+        for p, v in zip(positions, scores):
+            by.setdefault(p, []).append(v)
+        rho = spearman([float(p) for p in positions], scores)
+        equal = sum(float(p) == v for p, v in zip(positions, scores)) / len(scores)
+        out["position_bias"] = {
+            "mean_rating_by_position": {str(p): round(statistics.fmean(v), 3) for p, v in sorted(by.items())},
+            "spearman_rating_position": None if rho is None else round(rho, 3),
+            "ratings_equal_to_position": round(equal, 3)}
+        if enough and equal >= EQUAL_TO_POSITION:
+            bad.append(f"ratings equal their display position ({equal:.0%} of {len(scores)})")
+        elif enough and rho is not None and abs(rho) >= POSITION_RHO:
+            bad.append(f"ratings follow the display position (Spearman {rho:.2f})")
+    if orders:
+        agree = sum((p1 > 0.5 and p2 > 0.5) or (p1 < 0.5 and p2 < 0.5) for p1, p2 in orders) / len(orders)
+        # order 1 shows a first (a wins: p1 > 1/2); order 2 shows b first (b wins: p2 < 1/2)
+        first = statistics.fmean([(p1 > 0.5) + (p2 < 0.5) for p1, p2 in orders]) / 2
+        out["position_bias"] = {"pairs": len(orders), "order_agreement": round(agree, 3),
+                                "first_shown_wins": round(first, 3)}
+        if len(orders) >= CHECK_MIN and max(first, 1 - first) >= ONE_SIDE:
+            side = "first" if first >= 0.5 else "second"
+            bad.append(f"the {side}-shown response wins {max(first, 1 - first):.0%} of "
+                       f"{2 * len(orders)} comparisons (the two orders agree on {agree:.0%} of pairs)")
+    combined = scores if overall is None else overall
+    if criteria and len(set(combined)) > 1:
+        rhos = {name: spearman(vals, combined) for name, vals in criteria.items()}
+        out["spearman_score_criterion"] = {k: None if r is None else round(r, 3) for k, r in rhos.items()}
+        if len(combined) >= CHECK_MIN and len(criteria) > 1 and all(r is None or abs(r) < UNCORRELATED for r in rhos.values()):
+            bad.append(f"the score is uncorrelated with every criterion ({', '.join(criteria)})")
+    out["degenerate"] = bad
+    return out
 
 
 def krippendorff_alpha_interval(units: list[list[float | None]]) -> float | None:

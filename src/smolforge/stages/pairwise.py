@@ -14,6 +14,7 @@ stage, for other stages (preference pairs) to call.
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from collections.abc import Callable, Sequence
@@ -215,9 +216,19 @@ class PairwiseJudge(LLMStage):
         return res
 
     def summary(self, out: Shards, ctx: StageContext) -> dict[str, Any] | None:
+        from smolforge.stages.judge import judge_check
+
         wins: dict[str, int] = {}
+        orders: list[tuple[float, float]] = []
         for j in range(len(out)):
-            for rec in out.columns(j, [self.column]):
+            for rec in out.columns(j, [self.column, "meta"]):
                 key = str(rec.get(self.column))
                 wins[key] = wins.get(key, 0) + 1
-        return {"winners": dict(sorted(wins.items()))}
+                meta = rec.get("meta") or {}
+                meta = json.loads(meta) if isinstance(meta, str) else meta
+                p_a = (meta.get(ctx.stage_name) or {}).get("p_a") or []
+                if len(p_a) == 2:
+                    orders.append((p_a[0], p_a[1]))
+        check = judge_check([p for o in orders for p in o], orders=orders)
+        check["degenerate"] = [d for d in check["degenerate"] if not d.startswith("one constant")]
+        return {"winners": dict(sorted(wins.items())), "judge_check": check}

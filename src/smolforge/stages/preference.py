@@ -34,6 +34,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -43,8 +44,8 @@ from smolforge.engines.base import Completion, Engine, Request, Response
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result, Shards
 from smolforge.stages.generate import LLMStage
-from smolforge.stages.judge import load_rubric
-from smolforge.templates import render, template_hash
+from smolforge.stages.judge import check_rubric_file, judge_check, load_rubric
+from smolforge.templates import TemplateError, render, template_hash
 
 # ------------------------------------------------------------------ candidates
 
@@ -366,6 +367,13 @@ class Rate(LLMStage):
         return self
 
     def requires(self) -> set[str]:
+        if self.method != "reward" and self._recipe_dir is not None:  # the rubric, before anything runs
+            if self.rubric.endswith((".yaml", ".yml")):
+                check_rubric_file(self.rubric, self._recipe_dir)
+            try:
+                self._rubric(None, self._recipe_dir)
+            except ValueError as e:
+                raise TemplateError(str(e), field="aspects" if self.aspects else "rubric") from None
         return {self.candidates_column, self.prompt_column}
 
     def provides(self) -> set[str]:
@@ -377,8 +385,8 @@ class Rate(LLMStage):
             return {**extra, "reward": self.reward.identity()}  # type: ignore[union-attr]
         return {**super().fingerprint_extra(ctx), **extra, "rubric": self._rubric(ctx).model_dump()}
 
-    def _rubric(self, ctx: StageContext | None):
-        r = load_rubric(self.rubric, str(ctx.recipe_dir) if ctx is not None else ".")
+    def _rubric(self, ctx: StageContext | None, base_dir: Path | None = None):
+        r = load_rubric(self.rubric, str(ctx.recipe_dir) if ctx is not None else str(base_dir or "."))
         if self.aspects:
             unknown = [a for a in self.aspects if a not in r.aspects]
             if unknown:
@@ -604,22 +612,31 @@ class Rate(LLMStage):
     def summary(self, out: Shards, ctx: StageContext) -> dict[str, Any] | None:
         per_teacher: dict[str, list[float]] = {}
         per_aspect: dict[str, list[float]] = {}
-        by_position: dict[int, list[float]] = {}
+        shown: list[tuple[int, float]] = []  # (display position, rating) of every listwise rating
+        orders: list[tuple[float, float]] = []  # pairwise: P(a better) in each order
+        overall: list[float] = []
+        by_aspect: dict[str, list[float]] = {}  # aligned with `overall`
         unrated = 0
         for j in range(len(out)):
             for rec in out.columns(j, [self.candidates_column, "meta"]):
-                order = (rec.get("meta") or {}).get(ctx.stage_name, {}).get("order", {})
+                mine = (rec.get("meta") or {}).get(ctx.stage_name, {})
+                order = mine.get("order", {})
+                orders += [tuple(v["p_a"]) for v in mine.get("verdicts", []) if len(v.get("p_a") or []) == 2]
                 cands = rec.get(self.candidates_column) or []
                 for k, c in enumerate(cands):
                     if c.get("score") is None:
                         unrated += 1
                         continue
                     per_teacher.setdefault(c.get("teacher") or "?", []).append(c["score"])
-                    for a, v in (c.get("ratings") or {}).items():
-                        if v is not None:
-                            per_aspect.setdefault(a, []).append(v)
-                            if a in order and k in order[a]:
-                                by_position.setdefault(order[a].index(k) + 1, []).append(v)
+                    ratings = {a: v for a, v in (c.get("ratings") or {}).items() if v is not None}
+                    if len(ratings) > 1:
+                        overall.append(c["score"])
+                        for a, v in ratings.items():
+                            by_aspect.setdefault(a, []).append(v)
+                    for a, v in ratings.items():
+                        per_aspect.setdefault(a, []).append(v)
+                        if a in order and k in order[a]:
+                            shown.append((order[a].index(k) + 1, v))
         mean = lambda xs: round(statistics.fmean(xs), 3)  # noqa: E731
         s: dict[str, Any] = {
             "unrated": unrated,
@@ -627,8 +644,12 @@ class Rate(LLMStage):
             "rated_per_teacher": {t: len(v) for t, v in sorted(per_teacher.items())},
             "mean_rating_per_aspect": {a: mean(v) for a, v in per_aspect.items()},
         }
-        if by_position:  # position bias: the mean rating a text got at each place it was shown
-            s["mean_rating_by_position"] = {str(p): mean(v) for p, v in sorted(by_position.items())}
+        scores = [v for _, v in shown] if shown else [v for vs in per_aspect.values() for v in vs]
+        check = judge_check(scores, positions=[p for p, _ in shown] or None, orders=orders or None,
+                            criteria=by_aspect if len(by_aspect) > 1 else None, overall=overall)
+        if shown:  # position bias: the mean rating a text got at each place it was shown
+            s["mean_rating_by_position"] = check["position_bias"]["mean_rating_by_position"]
+        s["judge_check"] = check
         return s
 
 
@@ -640,15 +661,19 @@ def _choice(rng, items: list[int]) -> int:
 
 
 def make_pairs(scores: list[float | None], strategy: str, min_margin: float, rng,
-               max_pairs: int | None = None) -> tuple[list[tuple[int, int]], str | None, dict[str, int]]:
+               max_pairs: int | None = None, cut: list[bool] | None = None,
+               ) -> tuple[list[tuple[int, int]], str | None, dict[str, int]]:
     """(chosen, rejected) index pairs for one prompt, or the reason there are none.
 
     `random_lower` (default; cleaned UltraFeedback): chosen = the best score (a
     seeded pick among equal best), rejected = a seeded pick among those at least
     `min_margin` below it and strictly lower. `best_worst`: the best against the
     worst. `all_pairs`: every pair with a margin > 0 and >= min_margin (equal
-    scores are skipped and counted). Counts: `equal_pairs_skipped`."""
-    counts = {"equal_pairs_skipped": 0}
+    scores are skipped and counted). `cut`: candidates cut off at max_tokens;
+    while a complete one is rated, a cut one is never chosen (it may be rejected).
+    Counts: `equal_pairs_skipped`, `cut_best_passed_over` (a prompt whose best
+    score went to a cut candidate)."""
+    counts = {"equal_pairs_skipped": 0, "cut_best_passed_over": 0}
     rated = [k for k, s in enumerate(scores) if s is not None]
     unrated = len(scores) - len(rated)
     if len(rated) < 2:
@@ -658,13 +683,21 @@ def make_pairs(scores: list[float | None], strategy: str, min_margin: float, rng
     worst = min(sc.values())
     if best == worst:
         return [], f"tie: all {len(rated)} rated candidates scored {best:g}", counts
+    complete = [k for k in rated if not (cut and cut[k])]
+    choosable = complete or rated  # every one cut: none is preferred over a complete one
+    if max(sc[k] for k in choosable) < best:
+        counts["cut_best_passed_over"] = 1
+        best = max(sc[k] for k in choosable)
+        if best == worst:
+            return [], (f"truncated: the best-scored candidate(s) were cut at max_tokens and every "
+                        f"complete one scored the lowest ({best:g})"), counts
     if strategy == "all_pairs":
         pairs = []
         for a in rated:
             for b in rated:
                 if a < b and sc[a] == sc[b]:
                     counts["equal_pairs_skipped"] += 1
-                if sc[a] > sc[b] and sc[a] - sc[b] >= min_margin:
+                if a in choosable and sc[a] > sc[b] and sc[a] - sc[b] >= min_margin:
                     pairs.append((a, b))
         pairs.sort(key=lambda p: (-(sc[p[0]] - sc[p[1]]), p))
         if not pairs:
@@ -672,7 +705,7 @@ def make_pairs(scores: list[float | None], strategy: str, min_margin: float, rng
         if max_pairs is not None and len(pairs) > max_pairs:
             pairs = sorted(rng.sample(pairs, max_pairs), key=lambda p: (-(sc[p[0]] - sc[p[1]]), p))
         return pairs, None, counts
-    chosen = _choice(rng, [k for k in rated if sc[k] == best])
+    chosen = _choice(rng, [k for k in choosable if sc[k] == best])
     if strategy == "best_worst":
         if best - worst < min_margin:
             return [], f"margin: best {best:g} - worst {worst:g} = {best - worst:g} < min_margin {min_margin:g}", counts
@@ -698,6 +731,9 @@ class Pairs(MapStage):
     max_pairs: int | None = Field(None, ge=1, description="all_pairs: at most this many pairs per prompt (a seeded sample)")
     candidates_column: str = "candidates"
     keep_candidates: bool = Field(False, description="keep the candidates list in each pair record")
+    allow_truncated: bool = Field(
+        False, description="let a candidate cut off at max_tokens (finish_reason length) be chosen over a "
+        "complete one (default: a cut candidate is only ever the rejected side, unless every one is cut)")
 
     def requires(self) -> set[str]:
         return {self.candidates_column}
@@ -715,11 +751,13 @@ class Pairs(MapStage):
         for rec in batch:
             cands = rec.get(self.candidates_column) or []
             scores = [c.get("score") for c in cands]
-            pairs, why, extra = make_pairs(scores, self.strategy, self.min_margin, ctx.rng(rec["id"]), self.max_pairs)
+            cut = None if self.allow_truncated else [c.get("finish_reason") == "length" for c in cands]
+            pairs, why, extra = make_pairs(scores, self.strategy, self.min_margin, ctx.rng(rec["id"]),
+                                           self.max_pairs, cut)
             counts.update(extra)
             if why is not None:
-                counts["dropped_tie" if why.startswith("tie") else
-                       "dropped_margin" if why.startswith("margin") else "dropped_unrated"] += 1
+                counts["dropped_tie" if why.startswith("tie") else "dropped_truncated" if why.startswith("truncated")
+                       else "dropped_margin" if why.startswith("margin") else "dropped_unrated"] += 1
                 errs = [f"{c.get('teacher')}: {c.get('rate_error')}" for c in cands if c.get("score") is None]
                 res.reject(rec, why + (f"; unrated: {' | '.join(errs)[:400]}" if errs and not why.startswith("tie") else ""))
                 continue

@@ -99,7 +99,7 @@ def _parse(text: str, suffix: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise ValueError(f"not valid JSON: {e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}") from None
 
 
 @lru_cache(maxsize=64)
@@ -199,15 +199,16 @@ class VerifyJSON(MapStage):
         try:
             value = json.loads(text)
         except json.JSONDecodeError as e:
+            msg = e.msg.removesuffix(" at")  # "Invalid control character '\n' at" + " at line..."
             info = finish_info(rec.get("meta") or {}, self.finish_stage)
             if info is not None and info.get("finish_reason") == "length":
                 tokens = info.get("tokens")
                 limit = (info.get("sampling") or {}).get("max_tokens")
                 at = f"{tokens} tokens" + (f", max_tokens {limit}" if limit else "")
                 return None, (f"truncated: generation stopped at max_tokens ({at}) before the "
-                              f"JSON closed ({e.msg} at char {e.pos} of {len(text)})"), "truncated"
+                              f"JSON closed ({msg} at char {e.pos} of {len(text)})"), "truncated"
             where = f"line {e.lineno} column {e.colno}"
-            return None, f"invalid JSON: {e.msg} at {where}: {_short(text, 80)!r}", "invalid_json"
+            return None, f"invalid JSON: {msg} at {where}: {_short(text, 80)!r}", "invalid_json"
         if validator is not None:
             errors = list(validator.iter_errors(value))
             if errors:

@@ -9,7 +9,10 @@ are loaded, nothing heavier than the standard library is imported.
 Weights: parameters x bits per weight. Quantised formats store one fp16 scale per
 group of 64 weights, +0.25 bit per weight (GPTQ/AWQ with group 128 and a zero point
 come to the same; GGUF's Q8_0 is 8.5 bpw, Q6_K 6.56, Q4_K_M about 4.85, a little more).
-KV cache: 2 (K and V) x layers x KV heads x head dim x context x batch x 2 bytes (fp16).
+Mixture-of-experts configs (Qwen-MoE, DeepSeek V2/V3, Mixtral, gpt-oss, GLM field names)
+give total and active-per-token parameters (`param_counts`).
+KV cache: 2 (K and V) x layers x KV heads x head dim x context x batch x 2 bytes (fp16);
+MLA caches one latent per layer, sliding-window layers stop at their window.
 A card fits when weights + KV cache <= 90% of its memory (vLLM's default
 `gpu_memory_utilization`; the rest is activations and the CUDA context).
 All sizes in decimal GB (1e9 bytes), as cards are sold.
@@ -62,10 +65,25 @@ class ModelShape:
     architecture: str | None = None
     file_bytes: int | None = None  # a GGUF's size as stored (its own quantisation)
     file_type: str | None = None
+    active_params: int | None = None  # mixture-of-experts: used per token
+    kv_latent: int | None = None  # MLA: one cached latent (+ rope key) per layer and token
+    sliding_layers: int = 0  # layers that cache only the last `sliding_window` tokens
+    sliding_window: int | None = None
 
     @property
     def kv_bytes_per_token(self) -> int:
+        """fp16 bytes one token adds to the cache while every layer still holds it."""
+        if self.kv_latent:
+            return self.layers * self.kv_latent * 2
         return 2 * self.layers * self.kv_heads * self.head_dim * 2
+
+    def kv_bytes(self, context: int) -> int:
+        """fp16 KV cache of one sequence of `context` tokens: sliding-window layers
+        stop growing at their window."""
+        per_layer = self.kv_bytes_per_token // max(self.layers, 1)
+        window = min(context, self.sliding_window or context)
+        sliding = self.sliding_layers if self.sliding_window else 0
+        return per_layer * ((self.layers - sliding) * context + sliding * window)
 
 
 # ------------------------------------------------------------------------- GGUF
@@ -145,11 +163,21 @@ def shape_from_gguf(path: str | Path) -> ModelShape:
     head_dim = int(get("attention.key_length") or (embd // heads if heads else 0))
     params = sum(_prod(d) for d in tensors.values())
     ftype = meta.get("general.file_type")
+    active = None
+    n_exp, used = int(get("expert_count") or 0), int(get("expert_used_count") or 0)
+    if n_exp > 1 and used:  # routed expert tensors are named *_exps; embedding is a lookup
+        routed = sum(_prod(d) for n, d in tensors.items() if "_exps." in n)
+        embd_rows = _prod(tensors.get("token_embd.weight", [0]))
+        tied = "output.weight" not in tensors
+        active = params - routed + routed * used // n_exp - (0 if tied else embd_rows)
+    latent = get("attention.kv_lora_rank")
     return ModelShape(source=str(path), params=params, layers=int(get("block_count") or 0),
                       kv_heads=int(kv or 0), head_dim=head_dim,
                       max_context=get("context_length"), architecture=arch,
                       file_bytes=Path(path).stat().st_size,
-                      file_type=None if ftype is None else _FILE_TYPES.get(ftype, str(ftype)))
+                      file_type=None if ftype is None else _FILE_TYPES.get(ftype, str(ftype)),
+                      active_params=active,
+                      kv_latent=int(latent) + int(get("rope.dimension_count") or 0) if latent else None)
 
 
 _FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
@@ -166,40 +194,130 @@ def _prod(dims: list[int]) -> int:
 
 # ------------------------------------------------------------- Hugging Face config
 
-def params_from_config(cfg: dict[str, Any]) -> int:
-    """Parameters of a decoder-only transformer from its config.json: embeddings,
-    per layer attention (q, k, v, o, biases when `attention_bias`/qwen2) and a gated
-    MLP (up, gate, down: Llama, Mistral, Qwen, Gemma; x experts for Mixtral-style MoE),
-    two norms per layer, the final norm, and an untied LM head."""
-    cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
-    h = cfg["hidden_size"]
-    layers = cfg["num_hidden_layers"]
-    heads = cfg["num_attention_heads"]
+def _experts(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(routed experts, experts used per token) under each family's field names:
+    Mixtral/gpt-oss `num_local_experts`, Qwen-MoE/OLMoE `num_experts`, DeepSeek/GLM
+    `n_routed_experts`; gpt-oss also writes `experts_per_token`."""
+    n = cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0
+    k = cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or n
+    return int(n), int(k)
+
+
+def _is_moe_layer(cfg: dict[str, Any], i: int, experts: int) -> bool:
+    """Which layers hold experts: DeepSeek/GLM keep the first `first_k_dense_replace`
+    dense and then every `moe_layer_freq`-th; Qwen-MoE lists `mlp_only_layers` and
+    takes every `decoder_sparse_step`-th; Llama 4 every `interleave_moe_layer_step`-th
+    (or its `moe_layers`); Mixtral and gpt-oss use experts everywhere."""
+    if experts <= 1:
+        return False
+    if cfg.get("moe_layers") is not None:  # Llama 4 lists them
+        return i in cfg["moe_layers"]
+    if cfg.get("interleave_moe_layer_step"):  # Llama 4: every step-th layer
+        return (i + 1) % int(cfg["interleave_moe_layer_step"]) == 0
+    if i < (cfg.get("first_k_dense_replace") or 0) or i in (cfg.get("mlp_only_layers") or ()):
+        return False
+    if cfg.get("moe_layer_freq"):
+        return i % int(cfg["moe_layer_freq"]) == 0
+    step = cfg.get("decoder_sparse_step") or 1
+    return (i + 1) % int(step) == 0
+
+
+def _attention_params(cfg: dict[str, Any]) -> int:
+    """One layer's attention. Multi-head latent attention (DeepSeek V2/V3, `kv_lora_rank`):
+    q through an optional low-rank `q_lora_rank` with its norm, k/v through a shared
+    latent of `kv_lora_rank` (+ the decoupled rope key) with its norm, o from
+    heads x `v_head_dim`. Otherwise q, k, v, o with biases: q/k/v for Qwen2-family
+    configs, q/k/v/o for `attention_bias` (Llama-style, gpt-oss)."""
+    h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    if cfg.get("kv_lora_rank"):
+        nope, rope = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"]
+        v, kvr, qr = cfg["v_head_dim"], cfg["kv_lora_rank"], cfg.get("q_lora_rank")
+        q = (h * qr + qr + qr * heads * (nope + rope)) if qr else h * heads * (nope + rope)
+        kv = h * (kvr + rope) + kvr + kvr * heads * (nope + v)
+        return q + kv + heads * v * h
     kv = cfg.get("num_key_value_heads") or heads
     hd = cfg.get("head_dim") or h // heads
-    inter = cfg["intermediate_size"]
-    vocab = cfg["vocab_size"]
-    experts = cfg.get("num_local_experts") or 1
-    bias = cfg.get("attention_bias", cfg.get("model_type") == "qwen2")
     attn = h * heads * hd + 2 * h * kv * hd + heads * hd * h
-    if bias:
-        attn += heads * hd + 2 * kv * hd
-    mlp = 3 * h * inter * experts + (h * experts if experts > 1 else 0)
-    per_layer = attn + mlp + 2 * h
+    qwen2 = str(cfg.get("model_type", "")).startswith("qwen2")
+    if cfg.get("attention_bias", qwen2):
+        attn += heads * hd + 2 * kv * hd + (0 if qwen2 else h)
+    return attn
+
+
+def param_counts(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(total, active per token) parameters of a decoder-only transformer from its
+    config.json: embeddings, per layer attention (see `_attention_params`), a gated MLP
+    (up, gate, down) or, in mixture-of-experts layers, the routed experts (each of
+    `moe_intermediate_size`, else `intermediate_size`), the router, and shared experts
+    (DeepSeek `n_shared_experts` of the expert size; Qwen-MoE one of
+    `shared_expert_intermediate_size` with its gate; Llama 4 one of the expert size,
+    its dense layers of `intermediate_size_mlp`), two norms per layer, the final
+    norm and an untied LM head. Active counts the experts used per token and leaves
+    out the input embedding (a row lookup), as DeepSeek, Mistral and OpenAI quote it;
+    Qwen's "activated" figures include it (+ vocab x hidden). DeepSeek V3's
+    multi-token-prediction layer (`num_nextn_predict_layers`) is not counted, as in
+    its published 671B."""
+    cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
+    h, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    experts, per_tok = _experts(cfg)
+    expert_inter = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+    inter = cfg.get("intermediate_size_mlp") or cfg["intermediate_size"]  # dense layers (Llama 4)
+    shared = 3 * h * expert_inter * (cfg.get("n_shared_experts") or 0)
+    if cfg.get("shared_expert_intermediate_size"):
+        shared += 3 * h * cfg["shared_expert_intermediate_size"] + h  # + its sigmoid gate
+    if str(cfg.get("model_type", "")).startswith("llama4"):  # one shared expert per MoE layer
+        shared += 3 * h * expert_inter
+    attn = _attention_params(cfg)
+    total = active = 0
+    for i in range(layers):
+        if _is_moe_layer(cfg, i, experts):
+            one = 3 * h * expert_inter
+            total += attn + one * experts + h * experts + shared + 2 * h
+            active += attn + one * per_tok + h * experts + shared + 2 * h
+        else:
+            total += attn + 3 * h * inter + 2 * h
+            active += attn + 3 * h * inter + 2 * h
     tied = cfg.get("tie_word_embeddings", False)
-    return vocab * h * (1 if tied else 2) + layers * per_layer + h
+    total += vocab * h * (1 if tied else 2) + h
+    active += vocab * h + h  # the LM head (tied or not); the embedding lookup is not counted
+    return total, active
+
+
+def params_from_config(cfg: dict[str, Any]) -> int:
+    """Total parameters from a config.json (see `param_counts`)."""
+    return param_counts(cfg)[0]
+
+
+def _sliding_layers(cfg: dict[str, Any]) -> int:
+    """Layers whose KV cache holds only the last `sliding_window` tokens: those marked
+    "sliding_attention" in `layer_types` (gpt-oss, Gemma 3, recent transformers), or
+    all but every `sliding_window_pattern`-th (Gemma 3 configs without layer_types)."""
+    if not cfg.get("sliding_window"):
+        return 0
+    if cfg.get("layer_types"):
+        return sum(t == "sliding_attention" for t in cfg["layer_types"])
+    pattern = cfg.get("sliding_window_pattern")
+    if pattern:
+        return cfg["num_hidden_layers"] - cfg["num_hidden_layers"] // int(pattern)
+    return 0
 
 
 def shape_from_config(cfg: dict[str, Any], source: str) -> ModelShape:
     text = cfg.get("text_config", cfg)
     try:
         heads = text["num_attention_heads"]
+        total, active = param_counts(cfg)
+        mla = text.get("kv_lora_rank")
         return ModelShape(
-            source=source, params=params_from_config(cfg), layers=text["num_hidden_layers"],
+            source=source, params=total, layers=text["num_hidden_layers"],
             kv_heads=text.get("num_key_value_heads") or heads,
             head_dim=text.get("head_dim") or text["hidden_size"] // heads,
             max_context=text.get("max_position_embeddings"),
-            architecture=(cfg.get("architectures") or [cfg.get("model_type")])[0])
+            architecture=(cfg.get("architectures") or [cfg.get("model_type")])[0],
+            active_params=active if _experts(text)[0] > 1 else None,
+            kv_latent=(mla + text["qk_rope_head_dim"]) if mla else None,
+            sliding_layers=_sliding_layers(text),
+            sliding_window=(text.get("sliding_window") or None) if _sliding_layers(text) else None)
     except KeyError as e:
         raise ValueError(f"{source}: config.json has no {e.args[0]!r} (a decoder-only "
                          "transformer config is needed: hidden_size, num_hidden_layers, "
@@ -257,7 +375,7 @@ def _hub_config(repo: str) -> dict[str, Any]:
 def estimate(shape: ModelShape, context: int | None = None, batch: int = 1) -> dict[str, Any]:
     """Memory per precision (weights, KV cache, total) and the cards each fits."""
     ctx = context or shape.max_context or 4096
-    kv = shape.kv_bytes_per_token * ctx * batch / GB
+    kv = shape.kv_bytes(ctx) * batch / GB
     rows = []
     for name, bits in PRECISIONS.items():
         weights = shape.params * bits / 8 / GB
@@ -303,9 +421,15 @@ def run(args: argparse.Namespace) -> int:
 
 def format_report(r: dict[str, Any]) -> str:
     m = r["model"]
+    active = (f" ({m['active_params'] / 1e9:.3f}B active per token)"
+              if m.get("active_params") else "")
+    attn = (f"MLA latent {m['kv_latent']}" if m.get("kv_latent")
+            else f"{m['kv_heads']} KV heads x {m['head_dim']}")
+    if m.get("sliding_layers") and m.get("sliding_window"):
+        attn += f", {m['sliding_layers']} sliding-window layers ({m['sliding_window']} tokens)"
     lines = [
-        f"{m['source']} ({m['architecture']}): {m['params'] / 1e9:.3f}B parameters, "
-        f"{m['layers']} layers, {m['kv_heads']} KV heads x {m['head_dim']}",
+        f"{m['source']} ({m['architecture']}): {m['params'] / 1e9:.3f}B parameters{active}, "
+        f"{m['layers']} layers, {attn}",
         f"KV cache (fp16): {r['kv_bytes_per_token'] / 1e3:.1f} KB per token; "
         f"context {r['context']} x batch {r['batch']}",
         "",
