@@ -319,14 +319,14 @@ def child_build(prompts_n: int, tokens: int) -> dict:
         t0 = time.perf_counter()
         run = sf.run(recipe, out=f"{tmp}/run")
         judge_s = time.perf_counter() - t0
-        usage = next(e["usage"] for e in run.manifest["engines"] if e.get("usage"))
+        prompt_tokens = next(s["prompt_tokens"] for s in run.manifest["stages"] if s["name"] == "judge")
         scores = [round(x, 6) for x in run.data().column("edu").to_pylist()]
     return {
         "build": build_info(),
         "gen_tok_s": n / dt,
         "texts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16],
         "judge_s": judge_s,
-        "judge_prompt_tok_s": usage["prompt_tokens"] / judge_s,
+        "judge_prompt_tok_s": prompt_tokens / judge_s,
         "judge_records_s": JUDGE_TEXTS / judge_s,
         "scores_sha256": hashlib.sha256(json.dumps(scores).encode()).hexdigest()[:16],
     }
@@ -348,7 +348,9 @@ def compare_builds(native_site: str, prompts_n: int, tokens: int, rounds: int) -
                 env["PYTHONPATH"] = os.pathsep.join([site, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
             out = subprocess.run(
                 [sys.executable, __file__, "--child-build", "--prompts", str(prompts_n),
-                 "--tokens", str(tokens)], env=env, capture_output=True, text=True, check=True)
+                 "--tokens", str(tokens)], env=env, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{name} build failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout)
             each[name].append({k: round(r[k], 1) for k in ("gen_tok_s", "judge_prompt_tok_s")})
             b = best.setdefault(name, r)
