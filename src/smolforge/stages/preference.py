@@ -433,7 +433,8 @@ class Rate(LLMStage):
         lo, hi = float(rubric.min_score), float(rubric.max_score)
         seed = self.seed if self.seed is not None else ctx.seed
         cands = [list(rec.get(self.candidates_column) or []) for rec in batch]
-        ratings: list[list[dict[str, float | None]]] = [[{} for _ in c] for c in cands]
+        # every judge engine's rating; the candidate's is their mean
+        ratings: list[list[dict[str, list[float]]]] = [[{} for _ in c] for c in cands]
         problems: list[list[list[str]]] = [[[] for _ in c] for c in cands]
         errors: list[list[str]] = [[] for _ in batch]
         meta: list[dict] = [{"order": {}, "answers": {}} for _ in batch]
@@ -471,13 +472,13 @@ class Rate(LLMStage):
                             problems[i][k].append(f"no {aspect} rating for text {pos + 1}"
                                                   + (f" (answer cut at max_tokens {self.max_tokens})" if cut else ""))
                         else:
-                            prev = ratings[i][k].get(aspect)  # several judge engines: their mean
-                            ratings[i][k][aspect] = scores[pos] if prev is None else (prev + scores[pos]) / 2
+                            ratings[i][k].setdefault(aspect, []).append(scores[pos])
         rated = []
         for i in range(len(batch)):
             items = []
             for k, c in enumerate(cands[i]):
-                full = {a: ratings[i][k].get(a) for a in rubric.aspects}
+                got = ratings[i][k]
+                full = {a: statistics.fmean(got[a]) if got.get(a) else None for a in rubric.aspects}
                 ok = all(v is not None for v in full.values())
                 items.append({**c, "ratings": full, "score": statistics.fmean(full.values()) if ok else None,
                               "rate_error": None if ok else "; ".join(problems[i][k]) or "no rating"})
