@@ -271,8 +271,8 @@ _PLAIN = (pa.types.is_string, pa.types.is_large_string, pa.types.is_int64, pa.ty
 def _plain(t: pa.DataType) -> bool:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return _plain(t.value_type)
-    if pa.types.is_struct(t):
-        return all(_plain(f.type) for f in t)
+    if pa.types.is_struct(t):  # `{}` (no fields) goes through records, stored as JSON
+        return t.num_fields > 0 and all(_plain(f.type) for f in t)
     return any(ok(t) for ok in _PLAIN)
 
 
