@@ -60,6 +60,7 @@ from smolforge.registry import closest, stages
 from smolforge.stages.base import Record, Result, Shards
 from smolforge.stages.generate import LLMStage
 from smolforge.templates import variables
+from smolforge.text import loads_json
 
 DEFAULT_SCORE_PATTERN = r"score\"?\s*(?:is|of|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)"
 DEFAULT_CRITERIA_TEMPLATE = """\
@@ -147,7 +148,7 @@ def parse_score(answer: str, pattern: str, structured: bool) -> tuple[float | No
     """(score, justification) from a judge's answer; score None if unparsable."""
     if structured:
         try:
-            obj = json.loads(answer)
+            obj = loads_json(answer)
             return float(obj["score"]), str(obj.get("justification", "")).strip()
         except (ValueError, KeyError, TypeError):
             pass  # fall back to the pattern below

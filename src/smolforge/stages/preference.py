@@ -45,6 +45,7 @@ from smolforge.stages.base import MapStage, Record, Result, Shards
 from smolforge.stages.generate import LLMStage
 from smolforge.stages.judge import load_rubric
 from smolforge.templates import render, template_hash
+from smolforge.text import loads_json
 
 # ------------------------------------------------------------------ candidates
 
@@ -234,7 +235,7 @@ def parse_listwise(answer: str, n: int, pattern: str, lo: float, hi: float,
     out: list[float | None] = [None] * n
     if structured:
         try:
-            obj = json.loads(answer)
+            obj = loads_json(answer)
             for k in range(n):
                 v = obj.get(f"text_{k + 1}")
                 out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
