@@ -43,7 +43,7 @@ from smolforge.engines.base import Completion, Engine, Request, Response
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result, Shards
 from smolforge.stages.generate import LLMStage
-from smolforge.stages.judge import load_rubric
+from smolforge.stages.judge import load_rubric, score_regex
 from smolforge.templates import render, template_hash
 from smolforge.text import loads_json
 
@@ -248,14 +248,14 @@ def parse_listwise(answer: str, n: int, pattern: str, lo: float, hi: float,
         for (start, k), end in zip(labels, bounds[1:]):
             if not 1 <= k <= n or out[k - 1] is not None:
                 continue
-            m = re.search(pattern, answer[start:end], re.IGNORECASE)
+            m = score_regex(pattern).search(answer[start:end])
             if m is None:  # "Text 2: 4" with no "Rating:" word
                 m = re.match(r"[#*\s]*(?:text|response|output)\s*#?\s*\d+\s*[:.)\-]*\s*\**\s*(\d+(?:\.\d+)?)",
                              answer[start:end].lstrip("\n"), re.IGNORECASE)
             if m:
                 out[k - 1] = float(m.group(1))
     else:
-        found = [float(m.group(1)) for m in re.finditer(pattern, answer, re.IGNORECASE)]
+        found = [float(m.group(1)) for m in score_regex(pattern).finditer(answer)]
         if len(found) == n:
             out = list(found)
     return [s if s is not None and lo <= s <= hi else None for s in out]
