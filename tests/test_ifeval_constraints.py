@@ -288,3 +288,99 @@ def test_language_detector_divergence_is_deliberate():
     (ref,) = reference_results(PROMPT, ["change_case:english_capital"], [{}], text)
     (ours,) = evaluate(text, ["change_case:english_capital"], [{}], PROMPT)
     assert ref == (True, True) and (ours.strict, ours.loose) == (False, False)
+
+
+# ------------------------------------------------------------------ hostile and raw data (issue 27)
+
+
+def _in_child(code: str, timeout: float = 60) -> str:
+    """Run `code` in a fresh Python with this checkout's smolforge: a regex that
+    backtracks for hours fails the test on the timeout instead of hanging it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import smolforge
+
+    src = str(Path(smolforge.__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": src})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_keyword_regexes_from_data_run_in_linear_time():
+    """IFEval treats keyword parameters as regexes; `(a+)+$` against 40 a's and a `!`
+    backtracks ~2^40 steps in Python's `re`. Through RE2 it is answered at once."""
+    out = _in_child(
+        "from smolforge.ifeval import evaluate\n"
+        "r = 'a' * 40 + '!'\n"
+        "for iid, kw in [('keywords:existence', {'keywords': ['(a+)+$']}),\n"
+        "                ('keywords:frequency', {'keyword': '(a+)+$', 'frequency': 1, 'relation': 'at least'}),\n"
+        "                ('keywords:forbidden_words', {'forbidden_words': ['(a+)+$']}),\n"
+        "                ('detectable_format:multiple_sections', {'section_spliter': '(a+)+$', 'num_sections': 1}),\n"
+        "                ('detectable_content:postscript', {'postscript_marker': '(a+)+$'})]:\n"
+        "    print(iid, evaluate(r, [iid], [kw])[0].strict)\n"
+        "print('placeholders', evaluate('[' * 200000, ['detectable_content:number_placeholders'],\n"
+        "      [{'num_placeholders': 1}])[0].strict)\n", timeout=60)
+    assert out.split() == ["keywords:existence", "False", "keywords:frequency", "False",
+                           "keywords:forbidden_words", "True", "detectable_format:multiple_sections", "False",
+                           "detectable_content:postscript", "False", "placeholders", "False"]
+
+
+def test_a_keyword_regex_re2_cannot_run_rejects_the_record_with_the_reason(tmp_path):
+    import smolforge as sf
+
+    items = [{"prompt": "p", "response": "the cat sat", "instruction_id_list": ["keywords:existence"],
+              "kwargs": [{"keywords": [kw]}]} for kw in ("cat", "(?=cat)cat", "(c)a\\1")]
+    run = sf.run({"name": "kw", "seed": 1, "stages": [
+        {"type": "items", "items": items},
+        {"type": "verify_constraints", "response_column": "response", "require": "none"}]}, tmp_path / "run")
+    assert [r["ifeval_strict"] for r in run.data().to_pylist()] == [[True]]
+    reasons = sorted(r["reason"] for r in run.rejects().to_pylist())
+    assert reasons[0].startswith("verify_constraints: bad constraint data: regex '(?=cat)cat' is not supported: "
+                                 "invalid perl operator: (?=")
+    assert reasons[1].startswith("verify_constraints: bad constraint data: regex '(c)a\\\\1' is not supported")
+    assert all("IFEval keywords use RE2: no lookaround or backreferences" in r for r in reasons)
+
+
+def test_ifevals_own_jsonl_layout_reads_verifies_and_exports(tmp_path):
+    """google/IFEval's input_data.jsonl: `kwargs` holds only each instruction's own
+    keys, `[{}]` when none (Parquet cannot store a struct with no fields)."""
+    import smolforge as sf
+    from smolforge.cli import main
+
+    rows = [{"key": 1, "prompt": "Write without commas.", "instruction_id_list": ["punctuation:no_comma"],
+             "kwargs": [{}]},
+            {"key": 2, "prompt": "write in lowercase.", "instruction_id_list": ["change_case:english_lowercase"],
+             "kwargs": [{}]},
+            {"key": 3, "prompt": "Say it, twice.", "instruction_id_list": ["punctuation:no_comma",
+                                                                          "length_constraints:number_words"],
+             "kwargs": [{}, {"relation": "at least", "num_words": 2}]}]
+    (tmp_path / "input_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "no_params.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    for name, source in [("read", {"type": "read", "path": "input_data.jsonl"}),
+                         ("read_no_params", {"type": "read", "path": "no_params.jsonl"}),
+                         ("items", {"type": "items", "items": rows[:2]})]:
+        recipe = {"name": "ifeval-raw", "seed": 1, "stages": [
+            source,
+            {"type": "render", "template": "{{ prompt }}", "output": "response"},
+            {"type": "verify_constraints", "response_column": "response", "require": "none"}]}
+        (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+        run = sf.run(str(tmp_path / "r.yaml"), tmp_path / name)
+        assert run.manifest["status"] == "done"
+        # (a file that mixes `{}` with parameters reads as one struct: null where unused)
+        got = {r["prompt"]: ([{k: v for k, v in kw.items() if v is not None} for kw in (
+            r["kwargs"] if not isinstance(r["kwargs"], str) else json.loads(r["kwargs"]))],
+            r["ifeval_strict"]) for r in run.data().to_pylist()}
+        want = {"Write without commas.": ([{}], [True]), "write in lowercase.": ([{}], [True]),
+                "Say it, twice.": ([{}, {"relation": "at least", "num_words": 2}], [False, True])}
+        assert got == {p: want[p] for p in got} and len(got) == (3 if name == "read" else 2)
+    for name in ("read", "read_no_params"):
+        for fmt in ("jsonl", "parquet"):
+            out = tmp_path / f"{name}.{fmt}"
+            assert main(["export", str(tmp_path / name), "--format", "grpo", "--to", str(out)]) in (0, None)
+            assert out.exists()
+    first = json.loads((tmp_path / "read_no_params.jsonl").read_text().splitlines()[0])
+    assert json.loads(first["ground_truth"]) == [{"instruction_id": ["punctuation:no_comma"], "kwargs": [{}]}]

@@ -205,3 +205,33 @@ def test_fineweb_edu_structured_on_real_model(tmp_path):
         assert r["edu"] in {0, 1, 2, 3, 4, 5} and r["edu_spread"] == 0
         (j,) = json.loads(r["meta"])["judge"]["judges"]
         assert j["aspect"] == "educational_value" and j["scores"] == [r["edu"]]
+
+
+def test_score_patterns_run_in_re2():
+    """A recipe's or a rubric file's score pattern runs on the judge's answer (model
+    output): `^(a+)+$` against 40 a's and a `!` backtracks ~2^40 steps in Python's
+    `re` (a child process, so a hang fails on the timeout); RE2 answers at once.
+    One that RE2 cannot run is refused when the stage or rubric is loaded."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    import smolforge
+    from smolforge.stages.judge import Judge, Rubric
+
+    src = str(Path(smolforge.__file__).resolve().parent.parent)
+    code = ("from smolforge.stages.judge import parse_score\n"
+            "from smolforge.stages.preference import parse_listwise\n"
+            "print(parse_score('a' * 40 + '!', '^(a+)+$', False)[0])\n"
+            "print(parse_listwise('a' * 40 + '!', 1, '^(a+)+$', 1, 5))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": src})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["None", "[None]"]
+    with pytest.raises(ValueError, match=r"invalid regex: regex 'Score: \(\?=.*is not supported: invalid perl operator"):
+        Judge.model_validate({"type": "judge", "template": "{{ text }}", "score_pattern": r"Score: (?=\d)(\d)"})
+    with pytest.raises(ValueError, match="needs a capture group"):
+        Rubric.model_validate({"aspects": {"a": "{{ text }}"}, "score_pattern": "Score: \\d"})

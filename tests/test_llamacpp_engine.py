@@ -223,7 +223,8 @@ def test_bad_schema_and_too_long_prompt_fail_alone(engine):
     assert out[0].completions[0].tokens > 0 and out[3].completions[0].tokens > 0
     assert "prompt has 70" in out[1].error and "context is 512" in out[1].error
     assert out[1].prompt_tokens > 512
-    assert out[2].error.startswith("json_schema cannot be turned into a grammar")
+    assert out[2].error.startswith("unservable request: json_schema cannot be turned into a grammar")
+    assert not out[1].retryable and not out[2].retryable  # deterministic: no re-run can cure them
     assert "#/nowhere" in out[2].error
     assert sorted(i for i, _ in done) == [0, 1, 2, 3]  # each reported exactly once
     assert all(out[i] is r for i, r in done)
@@ -313,3 +314,37 @@ def test_non_bundled_gguf_uses_its_own_chat_template(tmp_path):
         assert r.prompt_tokens == len(eng._rt.tokenize(want, add_special=False))
     finally:
         eng.close()
+
+
+def test_unservable_requests_are_final_rejects_not_retried_engine_errors(tmp_path):
+    """A prompt longer than the context fails the same way on every run: the real
+    bundled engine files it as a final reject with its reason, so the run is done and
+    exits 0, instead of exit 1 "re-run to retry" forever."""
+    from conftest import smolforge, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        "name": "ctx", "seed": 1,
+        "engine": {"type": "llamacpp", "model": "smollm2-135m", "n_ctx": 128, "n_threads": 1},
+        "stages": [{"type": "items", "items": ["Say hi.", "word " * 300]},
+                   {"type": "generate", "template": "{{ text }}", "output": "answer", "max_tokens": 4}]})
+    out = tmp_path / "run"
+    for _attempt in range(2):  # the re-run retries nothing
+        r = smolforge("run", str(recipe), "--out", str(out), "--quiet", env={"OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr
+        assert "retry" not in r.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "done" and manifest["engine_failures"]["records"] == 0
+    show = json.loads(smolforge("show", str(out), "--json").stdout)
+    assert {g["kind"] for g in show["rejects"]} == {"quality"}
+    reasons = [g["example"] for g in show["rejects"]]
+    assert [g["count"] for g in show["rejects"]] == [1] and "unservable request: prompt has" in reasons[0]
+    assert "context is 128 tokens per sequence" in reasons[0]
+
+
+def test_is_engine_error_tells_unservable_requests_from_retryable_failures():
+    from smolforge.stages.base import is_engine_error
+
+    assert not is_engine_error("engine error: llamacpp: unservable request: prompt has 600 tokens, context is 128")
+    assert is_engine_error("engine error: t1 (llamacpp): unservable request: too long; t2 (openai): HTTP 500")
+    assert is_engine_error("engine error (openai): HTTP 400: bad request")
+    assert not is_engine_error("empty output")

@@ -437,3 +437,24 @@ def test_pairs_never_choose_a_cut_answer_over_a_complete_one(tmp_path):
                                                  {"type": "pairs", "allow_truncated": True}]}
     rows = sf.run(recipe, tmp_path / "allowed").data().to_pylist()
     assert [(r["prompt"], r["chosen"]) for r in rows] == [("a", "answer 0"), ("b", "answer 0"), ("c", "answer 0")]
+
+
+def test_rate_with_three_judges_scores_their_mean(tmp_path):
+    """Three judge engines (real OpenAI-compatible servers on 127.0.0.1 with planted
+    answers) rate 1, 1 and 5: the score is their mean, 7/3, not a pairwise fold."""
+    from faultproxy import canned_server
+
+    ratings = [1, 1, 5]
+    servers = [canned_server(lambda b, r=r: json.dumps({"text_1": r, "text_2": r})) for r in ratings]
+    with servers[0] as s1, servers[1] as s2, servers[2] as s3:
+        recipe = {"name": "r3", "seed": 1, "stages": [
+            {"type": "items", "items": [{"prompt": "Say hi.", "candidates": [{"text": "hi"}, {"text": "hello"}]}]},
+            {"type": "rate", "aspects": ["helpfulness"], "max_tokens": 32,
+             "engine": [{"type": "openai", "base_url": s.url, "model": f"judge{k}"} for k, s in enumerate(
+                 (s1, s2, s3))]}]}
+        run = sf.run(recipe, tmp_path / "run")
+    (row,) = run.data().to_pylist()
+    for c in row["candidates"]:
+        assert c["ratings"]["helpfulness"] == pytest.approx(7 / 3) and c["score"] == pytest.approx(7 / 3)
+    meta = json.loads(row["meta"]) if isinstance(row["meta"], str) else row["meta"]
+    assert meta["rate"]["engines"] == ["judge0", "judge1", "judge2"]

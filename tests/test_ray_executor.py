@@ -283,3 +283,26 @@ def test_verify_code_on_ray_leaves_no_cgroup(cluster, tmp_path):
     while left() and time.time() < deadline:
         time.sleep(0.2)
     assert left() == []
+
+
+def test_a_killed_cache_actor_is_restarted_and_the_run_completes(cluster, llm_ref, tmp_path):
+    """The driver-side response cache (a Ray actor owning the SQLite file) killed
+    mid-run: Ray restarts it, the calls it missed are retried, and the run ends as an
+    uninterrupted one (before: the run failed with Ray's raw ActorDiedError)."""
+    recipe, local = llm_ref
+    out = tmp_path / "ray"
+    p = cluster.popen([sys.executable, "-m", "smolforge.cli", "run", str(recipe), "--out", str(out),
+                       "--quiet", "--executor", "ray", "--address", cluster.address],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and p.poll() is None and time.time() < deadline:
+        cache = [pid for pid in _pids("ray::CacheServer") if "nsenter" not in _cmdline(pid)]
+        if cache and _done(out, "generate") >= 1:
+            killed = cache[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    assert killed is not None, "the cache actor was not caught during the generate stage"
+    assert _done(out, "generate") < len(TOPICS)  # the kill landed before the stage finished
+    assert p.wait(timeout=400) == 0, p.stderr.read()[-3000:]
+    assert rows(out) == rows(local) and rows(out, "rejects") == rows(local, "rejects")

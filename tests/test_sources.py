@@ -101,3 +101,17 @@ def test_combine_all_and_sampled(tmp_path):
     assert len({(r["topic"], r["audience"]) for r in one}) == 4  # distinct combinations
     assert one[0]["meta"]["knobs"] == {"topic": one[0]["topic"], "audience": one[0]["audience"]}
     assert one != list(s.read(ctx(tmp_path, seed=2)))  # the seed matters
+
+
+def test_a_deeply_nested_jsonl_line_is_rejected_not_a_recursion_error(tmp_path):
+    """A line of 5,000 nested lists made Python's json raise RecursionError."""
+    import smolforge as sf
+
+    lines = ['{"text": "a"}', '{"text": ' + "[" * 5000 + "]" * 5000 + "}", '{"text": "b"}']
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "r.yaml").write_text(json.dumps({"name": "deep", "seed": 1, "stages": [
+        {"type": "read", "path": "in.jsonl", "on_error": "reject"}]}))
+    run = sf.run(str(tmp_path / "r.yaml"), tmp_path / "run")
+    assert [r["text"] for r in run.data().to_pylist()] == ["a", "b"]
+    (rej,) = run.rejects().to_pylist()
+    assert rej["reason"] == f"{tmp_path / 'in.jsonl'}:2: invalid JSON: nested deeper than 100 levels (at char 108)"

@@ -265,3 +265,88 @@ def test_control_characters_in_strings(tmp_path):
                 assert isinstance(json.loads(text)["poem"], str)
     finally:
         engine.close()
+
+
+# ------------------------------------------------------------------ hostile answers and schemas (issue 27)
+
+
+def test_deeply_nested_answers_are_rejected_with_a_reason_not_a_crash(tmp_path):
+    """1,100 unclosed `[` made Python's json recurse past its limit: RecursionError
+    aborted the whole run, on every re-run. Nesting past 100 levels is a reason."""
+    import smolforge as sf
+
+    texts = ["[" * 1100, "[" * 5000 + "]" * 5000, '{"a": [1, {"b": "[[[["}]}', "[" * 100 + "]" * 100,
+             '{"a": "' + "[" * 2000 + '"}']
+    recipe = {"name": "deep", "seed": 1, "stages": [
+        {"type": "items", "items": texts},
+        {"type": "verify_json", "output": "parsed"}]}
+    run = sf.run(recipe, tmp_path / "run")
+    assert run.manifest["status"] == "done"
+    kept = [r["text"] for r in run.data().to_pylist()]
+    assert kept == texts[2:]
+    reasons = {r["id"]: r["reason"] for r in run.rejects().to_pylist()}
+    assert reasons == {"items-000000": "invalid JSON: nested deeper than 100 levels (at char 100)",
+                       "items-000001": "invalid JSON: nested deeper than 100 levels (at char 100)"}
+
+
+def test_json_depth_scan_skips_strings_and_escapes():
+    from smolforge.text import json_too_deep
+
+    assert json_too_deep('["\\\\"' + "[" * 200 + "]" * 200 + "]") == 104  # `"\\"` ends the string
+    assert json_too_deep('["\\"' + "[" * 200 + '"]') is None  # `\"` does not end the string
+    assert json_too_deep("[" * 101, 100) == 100 and json_too_deep("[" * 100, 100) is None
+
+
+_PATTERN_CHILD = """
+import json
+from smolforge.stages.verify_json import _validator
+schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}},
+          "patternProperties": {"^(b+)+$": {"type": "integer"}}, "additionalProperties": False}
+v = _validator(json.dumps(schema, sort_keys=True), True)
+for inst in ({"s": "a" * 40 + "!"}, {"b" * 40 + "!": 1}, {"s": "aaa", "bbb": 2}, {"bbb": "x"}):
+    print(sorted(e.message for e in v.iter_errors(inst)))
+"""
+
+
+def test_schema_regexes_run_in_linear_time_with_jsonschemas_messages():
+    """A schema's `pattern` against a crafted answer: `^(a+)+$` on 40 a's and a `!`
+    backtracks ~2^40 steps in Python's `re` (a child process, so a hang fails the
+    test on its timeout). Through RE2 the answers are the same as jsonschema's."""
+    import os
+    import subprocess
+    import sys
+
+    import smolforge
+
+    src = str(Path(smolforge.__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", _PATTERN_CHILD], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": src})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        f"[\"'{'a' * 40}!' does not match '^(a+)+$'\"]",
+        f"[\"'{'b' * 40}!' does not match any of the regexes: '^(b+)+$'\"]",
+        "[]",
+        "[\"'x' is not of type 'integer'\"]"]
+    # the same messages as jsonschema's own keywords, on inputs that do not backtrack
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^a+$"}},
+              "patternProperties": {"^b+$": {"type": "integer"}}, "additionalProperties": False}
+    ours = VerifyJSON(type="verify_json", json_schema=schema)
+    for inst in ({"s": "ab"}, {"bc": 1}, {"s": "a", "bb": "x"}, {"zz": 1, "yy": 2}):
+        want = sorted(e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(inst))
+        from smolforge.stages.verify_json import _validator
+        got = sorted(e.message for e in _validator(json.dumps(schema, sort_keys=True), True).iter_errors(inst))
+        assert got == want, inst
+    assert ours.json_schema == schema
+
+
+def test_schema_regexes_re2_cannot_run_are_refused_when_the_recipe_loads(tmp_path):
+    bad = [({"type": "string", "pattern": "(?=a)a"}, "at $.pattern: regex '(?=a)a' is not supported"),
+           ({"type": "object", "properties": {"x": {"patternProperties": {"(a)\\1": {}}}}},
+            "at $.properties.x.patternProperties['(a)\\\\1']: regex '(a)\\\\1' is not supported"),
+           ({"type": "object", "patternProperties": {"^a": {}}, "unevaluatedProperties": False},
+            "`unevaluatedProperties` with `patternProperties` is not supported")]
+    for schema, message in bad:
+        with pytest.raises(ValueError) as e:
+            VerifyJSON(type="verify_json", json_schema=schema)
+        assert message in str(e.value), str(e.value)
+        assert "JSON schema regexes use RE2" in str(e.value) or "unevaluated" in message

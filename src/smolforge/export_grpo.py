@@ -73,6 +73,7 @@ def to_grpo(table: pa.Table, prompt_column: str = "prompt", system_column: str |
             verifier: str | None = None) -> pa.Table:
     """Prompt-only conversational records with `ground_truth` and `dataset`."""
     from smolforge.export import ExportError
+    from smolforge.store import has_empty_struct, plain_rows
 
     cols = table.column_names
     for c in (prompt_column, system_column):
@@ -80,7 +81,7 @@ def to_grpo(table: pa.Table, prompt_column: str = "prompt", system_column: str |
             raise ExportError(f"column {c!r} not in the data (columns: {', '.join(cols)})")
     v = pick_verifier(cols, verifier)
     rows = []
-    for rec in table.to_pylist():
+    for rec in plain_rows(table):  # JSON-text columns decoded (IFEval's `kwargs: [{}]`)
         msgs = [{"role": "system", "content": str(rec[system_column])}] if system_column and rec.get(system_column) else []
         msgs.append({"role": "user", "content": str(rec[prompt_column])})
         row = {"id": rec["id"], "prompt": msgs}
@@ -93,4 +94,13 @@ def to_grpo(table: pa.Table, prompt_column: str = "prompt", system_column: str |
         return pa.table({"id": pa.array([], pa.string()), "prompt": pa.array([], pa.list_(
             pa.struct([("role", pa.string()), ("content", pa.string())]))),
             "ground_truth": pa.array([], pa.string()), "dataset": pa.array([], pa.string())})
-    return pa.Table.from_pylist(rows)
+    out = pa.Table.from_pylist(rows)
+    if v.name == "ifeval" and has_empty_struct(out.schema.field("kwargs").type):
+        # IFEval's own JSONL layout (`[{}]`): a table needs the other layout, every
+        # parameter name in every dict, null where unused (both check alike).
+        from smolforge.stages.constraints import ALL_PARAMS
+
+        for row in rows:
+            row["kwargs"] = [{k: (kw or {}).get(k) for k in ALL_PARAMS} for kw in row["kwargs"] or []]
+        out = pa.Table.from_pylist(rows)
+    return out

@@ -42,14 +42,17 @@ _RE2_OPTIONS.log_errors = False  # the error is raised (and reported) instead
 
 
 @lru_cache(maxsize=256)
-def compile_regex(pattern: str) -> Any:
-    """An RE2 pattern; ExprError names what RE2 does not support."""
+def compile_regex(pattern: str, user: str = "matches() uses") -> Any:
+    """An RE2 pattern; ExprError names what RE2 does not support. Every regex that
+    comes from a recipe or from data (filters, IFEval keywords, a JSON schema's
+    `pattern`) goes through here: RE2 runs in time linear in the text. `user` names
+    who uses it, for the error."""
     try:
         return re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as e:
         why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
         raise ExprError(
-            f"regex {pattern!r} is not supported: {why} (matches() uses RE2: no lookaround "
+            f"regex {pattern!r} is not supported: {why} ({user} RE2: no lookaround "
             "or backreferences)"
         ) from None
 

@@ -111,11 +111,25 @@ def records_to_table(records: list[Record], schema: pa.Schema | None = None) -> 
             arr = pa.array(values)
             field = pa.field(k, arr.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = None
+        if arr is None or has_empty_struct(arr.type):  # Parquet cannot store `[{}]`
             arr = _json_array(values)
             field = JSON_FIELD.with_name(k)
         arrays.append(arr)
         fields.append(field)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def has_empty_struct(t: pa.DataType) -> bool:
+    """Whether `t` holds a struct with no fields (IFEval's `kwargs: [{}]`), which
+    Parquet cannot store: such a column is stored as JSON text."""
+    if pa.types.is_struct(t):
+        return t.num_fields == 0 or any(has_empty_struct(f.type) for f in t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return has_empty_struct(t.value_type)
+    if pa.types.is_map(t):
+        return has_empty_struct(t.key_type) or has_empty_struct(t.item_type)
+    return False
 
 
 # A column whose values have more than one type is stored as JSON text, its field

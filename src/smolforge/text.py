@@ -1,7 +1,9 @@
-"""Text helpers shared by filters, dedup and the expression language."""
+"""Text helpers shared by filters, dedup, the expression language and the parsers
+of model output."""
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from typing import Any
@@ -33,3 +35,53 @@ def flatten(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(flatten(v) for v in value)
     return str(value)
+
+
+MAX_JSON_DEPTH = 100  # nesting of JSON read from models or data; real answers use under 10
+_JSON_SPECIAL = re.compile(r'[\[\]{}"\\]')
+
+
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than the limit (a ValueError, as json's own errors are)."""
+
+    def __init__(self, limit: int, pos: int):
+        super().__init__(f"nested deeper than {limit} levels (at char {pos})")
+        self.limit, self.pos = limit, pos
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> int | None:
+    """Where `text` opens its (limit+1)-th nested `[` or `{` outside strings, else
+    None. One linear pass; Python's json would recurse once per level and abort the
+    whole run with RecursionError past about 1,000."""
+    if text.count("[") + text.count("{") <= limit:
+        return None
+    depth, in_string, skip = 0, False, -1
+    for m in _JSON_SPECIAL.finditer(text):
+        i, c = m.start(), m.group()
+        if i == skip:  # the character after a backslash in a string
+            continue
+        if in_string:
+            if c == "\\":
+                skip = i + 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return i
+        elif c in "]}":
+            depth -= 1
+    return None
+
+
+def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`json.loads` for text a model wrote or a dataset holds: nesting deeper than
+    `max_depth` raises JSONTooDeep (a ValueError naming where) instead of recursing."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    pos = json_too_deep(text, max_depth)
+    if pos is not None:
+        raise JSONTooDeep(max_depth, pos)
+    return json.loads(text)

@@ -3,6 +3,9 @@
 Every LLM stage talks to an engine through `Engine.generate`; engines own batching
 and concurrency, so stages never loop over prompts one at a time. A failed request
 is a `Response` with `error` set, never an exception that sinks the whole batch.
+A failure that no re-run can cure (a prompt longer than the context, a schema with
+no grammar) says so: its error starts with UNSERVABLE, and it is a final reject
+like any quality reject, not an engine error that the next run retries.
 """
 
 from __future__ import annotations
@@ -60,6 +63,15 @@ class Completion:
     top_logprobs: list[dict[str, Any]] | None = None
 
 
+UNSERVABLE = "unservable request"
+
+
+def unservable(message: str) -> str:
+    """The error text of a request that fails the same way every time it is sent.
+    (Without "; ", which separates the failures a reject reason lists.)"""
+    return f"{UNSERVABLE}: {message}".replace("; ", ", ")
+
+
 @dataclass
 class Response:
     completions: list[Completion] = field(default_factory=list)
@@ -69,6 +81,11 @@ class Response:
     # For a request with a JSON schema: how it was enforced ("grammar" for llama.cpp,
     # "json_schema" / "json_object" / "prompt" for a server, "guided" for vLLM).
     json_mode: str | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """A failure that the next run may cure (server down, timeout): not UNSERVABLE."""
+        return self.error is not None and not self.error.startswith(UNSERVABLE)
 
     @property
     def completion_tokens(self) -> int:

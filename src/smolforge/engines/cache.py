@@ -122,7 +122,7 @@ def cached_generate(
                 stats.completion_tokens += resp.completion_tokens
                 if cache is not None:
                     cache.put(keys[i], resp)
-            else:
+            elif resp.retryable:  # an unservable request is final: no retry on re-run
                 stats.failed += 1
             if on_response:
                 on_response(i, resp)

@@ -12,7 +12,8 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from smolforge.templates import BoundedSandbox, check_printable, render_bounded
 
 # Used when a GGUF carries no template: ChatML, which SmolLM2 and many others use.
 CHATML = (
@@ -38,15 +39,17 @@ def _raise(message: str) -> None:
 
 
 def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, **kw: Any) -> str:
+    check_printable(x, "tojson", 1 + (indent if isinstance(indent, int) and indent > 0 else 0))
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, **kw)
 
 
 class ChatTemplate:
-    """A compiled chat template; `render(messages)` gives the prompt text."""
+    """A compiled chat template; `render(messages)` gives the prompt text, under the
+    time and size limits of smolforge's templates (a GGUF may come from anyone)."""
 
     def __init__(self, source: str | None, bos_token: str = "", eos_token: str = ""):
         self.source = source or CHATML
-        env = ImmutableSandboxedEnvironment(
+        env = BoundedSandbox(
             loader=jinja2.BaseLoader(),
             trim_blocks=True,
             lstrip_blocks=True,
@@ -57,11 +60,11 @@ class ChatTemplate:
         self.bos_token, self.eos_token = bos_token, eos_token
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        return self._template.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-            raise_exception=_raise,
-            strftime_now=lambda f: datetime.now().strftime(f),
-        )
+        return render_bounded(self._template, {
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "raise_exception": _raise,
+            "strftime_now": lambda f: datetime.now().strftime(f),
+        })

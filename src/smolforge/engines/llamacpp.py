@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
-from smolforge.engines.base import Completion, Engine, OnResponse, Request, Response
+from smolforge.engines.base import Completion, Engine, OnResponse, Request, Response, unservable
 from smolforge.engines.chat_template import ChatTemplate
 from smolforge.engines.models import file_sha256, resolve_model_path
 from smolforge.registry import engines
@@ -146,7 +146,8 @@ class LlamaCppEngine(Engine):
                     raise ValueError(f"json_schema cannot be turned into a grammar: {e}") from e
                 rt.check_grammar(job.grammar)
         except Exception as e:  # noqa: BLE001 - reported in the response
-            job.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+            # What fails here fails the same way on every run: not retried.
+            job.error = unservable(f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e))
         return job
 
     def generate(

@@ -49,6 +49,7 @@ from smolforge.stages.base import GlobalStage, MapStage
 from smolforge.store import StageDir
 
 RETRIES = 3  # a shard whose worker died is retried this many times (then the run fails)
+RESUME = "the shards committed so far are kept: run the same command again to resume"
 
 
 def _ray():
@@ -75,12 +76,22 @@ class RemoteCache:
         return self._handle
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Response]:
-        ray = _ray()
-        found = ray.get(self._server.get_many.remote(list(keys)))
+        found = self._call("get_many", list(keys))
         return {k: Response.from_json(v) for k, v in found.items()}
 
     def put(self, key: str, response: Response) -> None:
-        _ray().get(self._server.put.remote(key, response.to_json()))
+        self._call("put", key, response.to_json())
+
+    def _call(self, method: str, *args: Any) -> Any:
+        """A call to the cache actor. Ray restarts a dead one (it reopens the SQLite
+        file) and retries the call; past its restarts, an error that says what to do
+        instead of Ray's ActorDiedError."""
+        ray = _ray()
+        try:
+            return ray.get(getattr(self._server, method).remote(*args))
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(f"the run's response-cache actor (CacheServer, on the driver's node) died "
+                               f"and Ray could not restart it ({type(e).__name__}); {RESUME}") from None
 
 
 class CacheServer:
@@ -186,8 +197,11 @@ class RayExecutor:
         }
         cache_path = str(runner.cache_path.resolve())
         self._cache_name = f"smolforge-cache-{uuid.uuid4().hex[:12]}"
+        # A dead cache actor is restarted (it reopens the file; every committed response
+        # is in it) and the calls it missed are retried.
         self._cache = ray.remote(CacheServer).options(
-            name=self._cache_name, num_cpus=0, scheduling_strategy=here).remote(cache_path)
+            name=self._cache_name, num_cpus=0, scheduling_strategy=here,
+            max_restarts=RETRIES, max_task_retries=RETRIES).remote(cache_path)
 
     def close(self) -> None:
         if not self._remote:
@@ -201,7 +215,8 @@ class RayExecutor:
         self._pools.clear()
         if self._cache is not None:
             try:
-                ray.get(self._cache.close.remote(), timeout=30)
+                with contextlib.suppress(ray.exceptions.RayActorError):  # dead: nothing to close
+                    ray.get(self._cache.close.remote(), timeout=30)
             finally:
                 ray.kill(self._cache)
                 self._cache = None
@@ -305,3 +320,6 @@ def _get(ref: Any) -> Any:
         if isinstance(cause, BaseException):
             raise cause from None
         raise
+    except ray.exceptions.RayActorError as e:  # an engine actor died more often than it is restarted
+        raise RuntimeError(f"a Ray engine actor died {RETRIES + 1} times ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200]}); {RESUME}") from None

@@ -12,7 +12,6 @@ than" is strict and "at least" is inclusive, `number_paragraphs` splits on `***`
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
@@ -21,7 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from smolforge.expr import ExprError, compile_regex
 from smolforge.ifeval import text as T
+from smolforge.text import loads_json
+
+
+def _rx(pattern: str, flags: str = "") -> Any:
+    """A regex built from an instruction's parameters (data, not code): RE2, linear in
+    the response, so a crafted keyword such as `(a+)+$` cannot hang a run. Unlike
+    Python's `re`, its `\\b` and `\\w` are ASCII; lookaround and backreferences are a
+    ValueError naming the parameter's own text (the record is rejected as bad
+    constraint data). `flags`: RE2's inline flags, e.g. `(?i)`."""
+    try:
+        return compile_regex(flags + pattern, "IFEval keywords use")
+    except ExprError as e:
+        raise ExprError(str(e).replace(repr(flags + pattern), repr(pattern), 1)) from None
+
 
 RELATIONS = ("less than", "at least")
 
@@ -251,20 +265,19 @@ def _language_of(text: str) -> str | None:
 # --- keywords -------------------------------------------------------------------------
 _add("keywords:existence", ("keywords",),
      lambda kw: f"Include keywords {sorted(kw['keywords'])} in the response.",
-     lambda r, kw: all(re.search(k, r, flags=re.IGNORECASE) for k in kw["keywords"]),
+     lambda r, kw: all(_rx(k, "(?i)").search(r) for k in kw["keywords"]),
      lambda rng, p: {"keywords": sorted(_words(rng, 2))})
 _add("keywords:frequency", ("keyword", "frequency", "relation"),
      lambda kw: f"In your response, the word {kw['keyword'].strip()} should appear "
                 f"{kw['relation']} {kw['frequency']} times.",
      lambda r, kw: _rel(kw, "relation",
-                        len(re.findall(kw["keyword"].strip(), r, flags=re.IGNORECASE)),
+                        len(_rx(kw["keyword"].strip(), "(?i)").findall(r)),
                         kw["frequency"]),
      lambda rng, p: {"keyword": _words(rng, 1)[0], "frequency": rng.randint(1, 3),
                      "relation": rng.choice(RELATIONS)})
 _add("keywords:forbidden_words", ("forbidden_words",),
      lambda kw: f"Do not include keywords {sorted(set(kw['forbidden_words']))} in the response.",
-     lambda r, kw: not any(re.search(r"\b" + w + r"\b", r, flags=re.IGNORECASE)
-                           for w in kw["forbidden_words"]),
+     lambda r, kw: not any(_rx(r"\b" + w + r"\b", "(?i)").search(r) for w in kw["forbidden_words"]),
      lambda rng, p: {"forbidden_words": sorted(_words(rng, 2))})
 
 
@@ -353,7 +366,7 @@ _add("length_constraints:nth_paragraph_first_word", ("num_paragraphs", "nth_para
 _add("detectable_content:number_placeholders", ("num_placeholders",),
      lambda kw: f"The response must contain at least {kw['num_placeholders']} placeholders "
                 "represented by square brackets, such as [address].",
-     lambda r, kw: len(re.findall(r"\[.*?\]", r)) >= kw["num_placeholders"],
+     lambda r, kw: len(_rx(r"\[.*?\]").findall(r)) >= kw["num_placeholders"],
      lambda rng, p: {"num_placeholders": rng.randint(1, 4)})
 
 
@@ -365,7 +378,7 @@ def _postscript(r: str, kw: Kwargs) -> bool:
         pattern = r"\s*p\.\s?s\..*$"
     else:
         pattern = r"\s*" + marker.lower() + r".*$"
-    return bool(re.findall(pattern, r.lower(), flags=re.MULTILINE))
+    return bool(_rx(pattern, "(?m)").findall(r.lower()))
 
 
 _add("detectable_content:postscript", ("postscript_marker",),
@@ -400,7 +413,7 @@ _add("detectable_format:number_highlighted_sections", ("num_highlights",),
 
 def _sections(r: str, kw: Kwargs) -> bool:
     splitter = str(kw["section_spliter"]).strip()
-    return len(re.split(r"\s?" + splitter + r"\s?\d+\s?", r)) - 1 >= kw["num_sections"]
+    return len(_rx(r"\s?" + splitter + r"\s?\d+\s?").split(r)) - 1 >= kw["num_sections"]
 
 
 def _describe_sections(kw: Kwargs) -> str:
@@ -419,7 +432,7 @@ def _json(r: str, kw: Kwargs) -> bool:
     v = (r.strip().removeprefix("```json").removeprefix("```Json").removeprefix("```JSON")
          .removeprefix("```").removesuffix("```").strip())
     try:
-        json.loads(v)
+        loads_json(v)  # nested past MAX_JSON_DEPTH: not followed (a ValueError), no RecursionError
     except ValueError:
         return False
     return True

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from smolforge.engines.base import UNSERVABLE
+
 if TYPE_CHECKING:
     from smolforge.context import StageContext
 
@@ -37,8 +39,12 @@ class Reject:
 def is_engine_error(reason: str) -> bool:
     """Whether a reject was caused by an engine failure (server down, timeout, bad
     request) rather than the record's quality. Such rejects are not final: the
-    runner retries them on the next run. LLM stages word them "engine error ..."."""
-    return any(part.lstrip().startswith("engine error") for part in reason.split("; "))
+    runner retries them on the next run. LLM stages word them "engine error ...";
+    one whose every failure is an unservable request (engines.base.UNSERVABLE: a
+    prompt longer than the context, a schema with no grammar) is final."""
+    parts = reason.split("; ")
+    start = next((k for k, part in enumerate(parts) if part.lstrip().startswith("engine error")), None)
+    return start is not None and any(UNSERVABLE not in part for part in parts[start:])
 
 
 @dataclass

@@ -64,10 +64,12 @@ from pydantic import (
 
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Completion
+from smolforge.expr import ExprError, compile_regex
 from smolforge.registry import closest, stages
 from smolforge.stages.base import Record, Result, Shards
 from smolforge.stages.generate import LLMStage
 from smolforge.templates import TemplateError, variables
+from smolforge.text import loads_json
 
 DEFAULT_SCORE_PATTERN = r"score\"?\s*(?:is|of|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)"
 DEFAULT_CRITERIA_TEMPLATE = """\
@@ -90,6 +92,23 @@ class Criterion(BaseModel):
     reverse: bool = False
 
 
+def score_regex(pattern: str) -> Any:
+    """A score pattern (a recipe's or a rubric file's), case-insensitive, in RE2: its
+    time is linear in the judge's answer whatever the pattern."""
+    return compile_regex("(?i)" + pattern, "score patterns use")
+
+
+def check_score_pattern(pattern: str) -> str:
+    """ValueError unless RE2 runs `pattern` and it has a group for the score."""
+    try:
+        groups = score_regex(pattern).groups
+    except ExprError as e:
+        raise ValueError(f"invalid regex: {e}".replace(repr("(?i)" + pattern), repr(pattern), 1)) from None
+    if groups < 1:
+        raise ValueError("needs a capture group for the score")
+    return pattern
+
+
 class Rubric(BaseModel):
     """A rubric file: one prompt template per aspect, the score range and pattern."""
 
@@ -105,6 +124,11 @@ class Rubric(BaseModel):
     # variable; the rubric's others).
     criteria: dict[str, Criterion] = Field(default_factory=dict)
     criteria_template: str = DEFAULT_CRITERIA_TEMPLATE
+
+    @field_validator("score_pattern")
+    @classmethod
+    def _re2_pattern(cls, v: str) -> str:
+        return check_score_pattern(v)
     criteria_max_chars: int | None = None  # default: max_chars
 
     @field_validator("criteria", mode="before")
@@ -173,11 +197,11 @@ def parse_score(answer: str, pattern: str, structured: bool) -> tuple[float | No
     """(score, justification) from a judge's answer; score None if unparsable."""
     if structured:
         try:
-            obj = json.loads(answer)
+            obj = loads_json(answer)
             return float(obj["score"]), str(obj.get("justification", "")).strip()
         except (ValueError, KeyError, TypeError):
             pass  # fall back to the pattern below
-    matches = list(re.finditer(pattern, answer, re.IGNORECASE))
+    matches = list(score_regex(pattern).finditer(answer))
     if matches:
         m = matches[-1]
         line_start = answer.rfind("\n", 0, m.start()) + 1  # drop the whole score line
@@ -253,11 +277,7 @@ class Judge(LLMStage):
     def _valid_regex(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        try:
-            if re.compile(v).groups < 1:
-                raise ValueError("needs a capture group for the score")
-        except re.error as e:
-            raise ValueError(f"invalid regex: {e}") from None
+        check_score_pattern(v)
         return v
 
     # -- configuration resolved against the rubric
@@ -577,7 +597,7 @@ def score_distribution(comp: Completion, lo: float, hi: float, pattern: str) -> 
         starts.append(pos_at)
         pos_at += len(p.get("token", ""))
     target = None
-    matches = list(re.finditer(pattern, comp.text, re.IGNORECASE))
+    matches = list(score_regex(pattern).finditer(comp.text))
     if matches:
         at = matches[-1].start(1)
         for k, st in enumerate(starts):

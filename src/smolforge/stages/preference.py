@@ -44,8 +44,9 @@ from smolforge.engines.base import Completion, Engine, Request, Response
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result, Shards
 from smolforge.stages.generate import LLMStage
-from smolforge.stages.judge import check_rubric_file, judge_check, load_rubric
+from smolforge.stages.judge import check_rubric_file, judge_check, load_rubric, score_regex
 from smolforge.templates import TemplateError, render, template_hash
+from smolforge.text import loads_json
 
 # ------------------------------------------------------------------ candidates
 
@@ -235,7 +236,7 @@ def parse_listwise(answer: str, n: int, pattern: str, lo: float, hi: float,
     out: list[float | None] = [None] * n
     if structured:
         try:
-            obj = json.loads(answer)
+            obj = loads_json(answer)
             for k in range(n):
                 v = obj.get(f"text_{k + 1}")
                 out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
@@ -248,14 +249,14 @@ def parse_listwise(answer: str, n: int, pattern: str, lo: float, hi: float,
         for (start, k), end in zip(labels, bounds[1:]):
             if not 1 <= k <= n or out[k - 1] is not None:
                 continue
-            m = re.search(pattern, answer[start:end], re.IGNORECASE)
+            m = score_regex(pattern).search(answer[start:end])
             if m is None:  # "Text 2: 4" with no "Rating:" word
                 m = re.match(r"[#*\s]*(?:text|response|output)\s*#?\s*\d+\s*[:.)\-]*\s*\**\s*(\d+(?:\.\d+)?)",
                              answer[start:end].lstrip("\n"), re.IGNORECASE)
             if m:
                 out[k - 1] = float(m.group(1))
     else:
-        found = [float(m.group(1)) for m in re.finditer(pattern, answer, re.IGNORECASE)]
+        found = [float(m.group(1)) for m in score_regex(pattern).finditer(answer)]
         if len(found) == n:
             out = list(found)
     return [s if s is not None and lo <= s <= hi else None for s in out]
@@ -441,7 +442,8 @@ class Rate(LLMStage):
         lo, hi = float(rubric.min_score), float(rubric.max_score)
         seed = self.seed if self.seed is not None else ctx.seed
         cands = [list(rec.get(self.candidates_column) or []) for rec in batch]
-        ratings: list[list[dict[str, float | None]]] = [[{} for _ in c] for c in cands]
+        # every judge engine's rating; the candidate's is their mean
+        ratings: list[list[dict[str, list[float]]]] = [[{} for _ in c] for c in cands]
         problems: list[list[list[str]]] = [[[] for _ in c] for c in cands]
         errors: list[list[str]] = [[] for _ in batch]
         meta: list[dict] = [{"order": {}, "answers": {}} for _ in batch]
@@ -479,13 +481,13 @@ class Rate(LLMStage):
                             problems[i][k].append(f"no {aspect} rating for text {pos + 1}"
                                                   + (f" (answer cut at max_tokens {self.max_tokens})" if cut else ""))
                         else:
-                            prev = ratings[i][k].get(aspect)  # several judge engines: their mean
-                            ratings[i][k][aspect] = scores[pos] if prev is None else (prev + scores[pos]) / 2
+                            ratings[i][k].setdefault(aspect, []).append(scores[pos])
         rated = []
         for i in range(len(batch)):
             items = []
             for k, c in enumerate(cands[i]):
-                full = {a: ratings[i][k].get(a) for a in rubric.aspects}
+                got = ratings[i][k]
+                full = {a: statistics.fmean(got[a]) if got.get(a) else None for a in rubric.aspects}
                 ok = all(v is not None for v in full.values())
                 items.append({**c, "ratings": full, "score": statistics.fmean(full.values()) if ok else None,
                               "rate_error": None if ok else "; ".join(problems[i][k]) or "no rating"})

@@ -28,6 +28,7 @@ from pydantic import Field, field_validator, model_validator
 from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.stages.base import Record, Reject, SourceStage
+from smolforge.text import JSONTooDeep, loads_json
 
 # The most records one `combine` produces: sampling keeps `count` indexes in memory
 # (Python's random.sample), about 100 bytes each, so 10 million is about 1 GB.
@@ -146,13 +147,17 @@ class Read(SourceStage):
                 if not line.strip():
                     continue
                 try:
-                    yield f"{path}:{n}", json.loads(line), None
+                    yield f"{path}:{n}", loads_json(line), None
+                except JSONTooDeep as e:
+                    yield f"{path}:{n}", line.rstrip("\n")[:2000], f"invalid JSON: {e}"
                 except json.JSONDecodeError as e:
                     yield f"{path}:{n}", line.rstrip("\n")[:2000], f"invalid JSON: {e.msg} (column {e.colno})"
 
     def _read_json(self, path: Path):
         try:
-            data = json.loads(_decode_whole(path))
+            data = loads_json(_decode_whole(path))
+        except JSONTooDeep as e:
+            raise InputError(f"{path}: invalid JSON: {e}") from None
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
         if isinstance(data, dict):
@@ -271,8 +276,8 @@ _PLAIN = (pa.types.is_string, pa.types.is_large_string, pa.types.is_int64, pa.ty
 def _plain(t: pa.DataType) -> bool:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return _plain(t.value_type)
-    if pa.types.is_struct(t):
-        return all(_plain(f.type) for f in t)
+    if pa.types.is_struct(t):  # `{}` (no fields) goes through records, stored as JSON
+        return t.num_fields > 0 and all(_plain(f.type) for f in t)
     return any(ok(t) for ok in _PLAIN)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,7 @@ from pydantic import Field, field_validator
 
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
+from smolforge.text import JSONTooDeep, loads_json
 
 if TYPE_CHECKING:
     from smolforge.context import StageContext
@@ -54,7 +56,46 @@ def check_schema(schema: Any, where: str) -> dict[str, Any] | bool:
         path = "".join(f"[{p!r}]" for p in e.path)
         raise ValueError(f"{where}: not a valid JSON schema{' at ' + path if path else ''}: "
                          f"{e.message}") from None
+    _check_regexes(schema, where, "")
     return schema
+
+
+def _check_regexes(schema: Any, where: str, path: str) -> None:
+    """Every `pattern` and `patternProperties` regex must compile under RE2, which
+    validation uses (linear time: a model's answer cannot make `(a+)+$` hang a run).
+    `unevaluatedProperties` next to `patternProperties` is refused: jsonschema would
+    run those regexes with Python's backtracking `re`."""
+    from smolforge.expr import ExprError, compile_regex
+
+    if isinstance(schema, list):
+        for k, sub in enumerate(schema):
+            _check_regexes(sub, where, f"{path}[{k}]")
+        return
+    if not isinstance(schema, dict):
+        return
+    regexes = [("pattern", schema["pattern"])] if isinstance(schema.get("pattern"), str) else []
+    pp = schema.get("patternProperties")
+    if isinstance(pp, dict):
+        regexes += [(f"patternProperties[{p!r}]", p) for p in pp]
+    for key, regex in regexes:
+        try:
+            compile_regex(regex, "JSON schema regexes use")
+        except ExprError as e:
+            raise ValueError(f"{where}: at {path or '$'}.{key}: {e}") from None
+    if not path and _has_key(schema, "unevaluatedProperties") and _has_key(schema, "patternProperties"):
+        raise ValueError(f"{where}: `unevaluatedProperties` with `patternProperties` is not supported "
+                         "(jsonschema would run those regexes in Python's backtracking engine, not RE2)")
+    for key, sub in schema.items():
+        if key not in ("enum", "const", "examples", "default"):
+            _check_regexes(sub, where, f"{path or '$'}.{key}")
+
+
+def _has_key(schema: Any, key: str) -> bool:
+    if isinstance(schema, dict):
+        return key in schema or any(_has_key(v, key) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_key(v, key) for v in schema)
+    return False
 
 
 def validate_schema_field(value: SchemaField) -> SchemaField:
@@ -107,8 +148,59 @@ def _validator(schema_json: str, formats: bool) -> Any:
     from jsonschema import validators
 
     schema = json.loads(schema_json)
-    cls = validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER if formats else None)
+    base = validators.validator_for(schema)
+    cls = validators.extend(base, {"pattern": _re2_pattern, "patternProperties": _re2_pattern_properties,
+                                   "additionalProperties": _re2_additional_properties})
+    return cls(schema, format_checker=base.FORMAT_CHECKER if formats else None)
+
+
+# jsonschema's own `pattern`, `patternProperties` and `additionalProperties`, with the
+# regexes run by RE2 instead of Python's `re` (same results and messages).
+def _rx(pattern: str) -> Any:
+    from smolforge.expr import compile_regex
+
+    return compile_regex(pattern, "JSON schema regexes use")
+
+
+def _re2_pattern(validator: Any, pattern: str, instance: Any, schema: dict) -> Iterator[Any]:
+    from jsonschema.exceptions import ValidationError
+
+    if validator.is_type(instance, "string") and not _rx(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _re2_pattern_properties(validator: Any, pp: dict, instance: Any, schema: dict) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in pp.items():
+        rx = _rx(pattern)
+        for k, v in instance.items():
+            if rx.search(k):
+                yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _re2_additional_properties(validator: Any, ap: Any, instance: Any, schema: dict) -> Iterator[Any]:
+    from jsonschema.exceptions import ValidationError
+
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = [_rx(p) for p in schema.get("patternProperties", {})]
+    extras = {k for k in instance if k not in properties and not any(rx.search(k) for rx in patterns)}
+    if validator.is_type(ap, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], ap, path=extra)
+    elif not ap and extras:
+        if "patternProperties" in schema:
+            verb = "does" if len(extras) == 1 else "do"
+            joined = ", ".join(repr(each) for each in sorted(extras))
+            patterns_shown = ", ".join(repr(each) for each in sorted(schema["patternProperties"]))
+            yield ValidationError(f"{joined} {verb} not match any of the regexes: {patterns_shown}")
+        else:
+            shown = sorted(extras, key=str)
+            verb = "was" if len(shown) == 1 else "were"
+            yield ValidationError(f"Additional properties are not allowed "
+                                  f"({', '.join(repr(e) for e in shown)} {verb} unexpected)")
 
 
 def extract_fenced(text: str) -> str:
@@ -197,7 +289,9 @@ class VerifyJSON(MapStage):
                 "invalid_json"
         text = extract_fenced(raw) if self.fence else raw.strip()
         try:
-            value = json.loads(text)
+            value = loads_json(text)
+        except JSONTooDeep as e:  # json would recurse past Python's limit and abort the run
+            return None, f"invalid JSON: {e}", "invalid_json"
         except json.JSONDecodeError as e:
             msg = e.msg.removesuffix(" at")  # "Invalid control character '\n' at" + " at line..."
             info = finish_info(rec.get("meta") or {}, self.finish_stage)

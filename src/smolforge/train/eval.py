@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from smolforge.text import loads_json
+
 TASKS = ("json", "fields", "json_constrained", "fields_constrained", "ifeval", "code", "judge")
 
 
@@ -94,7 +96,7 @@ def parse_json(text: str) -> dict | None:
     m = _FENCE.match(text)
     s = (m.group(1) if m else text).strip()
     try:
-        v = json.loads(s)
+        v = loads_json(s)
     except ValueError:
         return None
     return v if isinstance(v, dict) else None
