@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt-column", default="prompt", help="chat, dpo, kto: the user turn")
     e.add_argument("--response-column", default="text", help="chat: the assistant turn")
     e.add_argument("--system-column", help="chat, dpo, kto: an optional system turn")
+    e.add_argument("--force", action="store_true",
+                   help="replace an existing file (hf: files in the folder) that this export did not write")
 
     from smolforge.train import cli as train_cli  # train, eval (torch etc. imported only when run)
 
@@ -293,7 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from smolforge.export import export
 
     n = export(args.run_dir, args.format, args.to, args.prompt_column, args.response_column, args.system_column,
-               split=args.split, licence=args.license)
+               split=args.split, licence=args.license, force=args.force)
     Console(stderr=True).print(f"wrote {n} records to {args.to}")
     return 0
 

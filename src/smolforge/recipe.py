@@ -440,8 +440,9 @@ def _validate(data: Any, *, base_dir: Path, source: str | None, lines: dict,
 _GLOB_FIELDS = {"path", "documents"}  # a file or glob, or a list of them
 _FILE_FIELDS = {"template_file", "topics", "system_prompts", "rubric", "json_schema"}  # a string names a file
 _VALUE_FIELDS = {"lists"}  # column -> a list, or a file of values
-_RUN_DIR_FIELDS = {"model_path", "models"}  # relative: the run directory (then the recipe)
-_SKIP_FIELDS = {"engine", "items", "template", "system", "type", "name"}
+_RUN_DIR_FIELDS = {"models"}  # relative: the run directory (then the recipe)
+# Not files read: `model_path` is written, inside the run directory only (its own validator).
+_SKIP_FIELDS = {"engine", "items", "template", "system", "type", "name", "model_path"}
 
 
 def _check_paths(stages: list[tuple[int, Stage]], base_dir: Path, roots: tuple[Path, ...],
