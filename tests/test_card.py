@@ -270,3 +270,21 @@ def test_export_killed_mid_write_leaves_the_old_file_whole(demo, tmp_path):
     assert p.returncode == 1 and "File too large" in p.stderr, p.stderr  # cut short while writing
     assert to.read_bytes() == old
     assert sorted(x.name for x in tmp_path.iterdir()) == ["d.jsonl"]  # its temporary file removed
+
+
+def test_report_replaces_a_link_in_the_run_and_a_damaged_manifest_is_named(demo, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(demo[0], run)
+    victim = tmp_path / "victim.html"
+    victim.write_text("not the report's")
+    (run / "report.html").symlink_to(victim)
+    p = smolforge("report", str(run))
+    assert p.returncode == 0, p.stderr
+    assert victim.read_text() == "not the report's"
+    assert not (run / "report.html").is_symlink() and "<html" in (run / "report.html").read_text()
+    (run / "manifest.json").write_text('{"format": "smolforge-run/1", "stag')
+    for cmd in (["show", str(run)], ["export", str(run), "--format", "hf", "--to", str(tmp_path / "hf")]):
+        p = smolforge(*cmd)
+        assert p.returncode == 2 and f"{run / 'manifest.json'}: the run's manifest is damaged" in p.stderr
