@@ -380,3 +380,11 @@ def test_model_path_through_a_link_in_the_run_directory_is_refused(tmp_path):
     assert f"{out / 'models'}: is a symbolic link" in p.stderr
     assert (outside / "clf.npz").read_bytes() == b"outside"
     assert not (outside / "clf.metrics.json").exists()
+
+
+def test_recipe_name_dotdot_cannot_make_the_default_out_the_working_directory(tmp_path):
+    recipes, _ = project(tmp_path)
+    path = write_recipe(recipes / "r.yaml", {"name": "..", "stages": [{"type": "items", "items": ["a"]}]})
+    p = smolforge("run", "r.yaml", cwd=recipes)
+    assert p.returncode == 2
+    assert f"r.yaml:{line_of(path, 'name:')}: name: value error, a recipe name names the default run" in p.stderr

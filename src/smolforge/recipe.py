@@ -22,6 +22,7 @@ from pydantic import (
     PrivateAttr,
     SerializeAsAny,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -81,6 +82,13 @@ class Recipe(BaseModel):
     target: Target | None = Field(
         None, description="exactly this many records: generate in rounds until they survive every stage")
     stages: list[SerializeAsAny[Stage]] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_dot_path(cls, v: str) -> str:
+        if v in (".", ".."):  # the default --out is runs/<name>
+            raise ValueError("a recipe name names the default run directory (runs/<name>); not . or ..")
+        return v
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str | None = PrivateAttr(None)
