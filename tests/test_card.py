@@ -288,3 +288,26 @@ def test_report_replaces_a_link_in_the_run_and_a_damaged_manifest_is_named(demo,
     for cmd in (["show", str(run)], ["export", str(run), "--format", "hf", "--to", str(tmp_path / "hf")]):
         p = smolforge(*cmd)
         assert p.returncode == 2 and f"{run / 'manifest.json'}: the run's manifest is damaged" in p.stderr
+
+
+def test_export_hf_cut_short_leaves_a_folder_the_next_export_finishes(demo, tmp_path):
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    run, _ = demo
+    out = tmp_path / "hf"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    p = subprocess.run([sys.executable, "-m", "smolforge.cli", "export", str(run), "--format", "hf",
+                        "--to", str(out)], preexec_fn=small_files, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert p.returncode == 1 and "File too large" in p.stderr, p.stderr
+    assert not (out / "data" / "train-00000-of-00001.parquet").exists()  # no partial file
+    p = smolforge("export", str(run), "--format", "hf", "--to", str(out))  # no --force needed
+    assert p.returncode == 0, p.stderr
+    assert sorted(str(x.relative_to(out)) for x in out.rglob("*") if x.is_file()) == [
+        ".smolforge-export.json", "README.md", "data/train-00000-of-00001.parquet"]

@@ -117,13 +117,14 @@ def _own_files(to: Path, force: bool) -> dict[str, str | None]:
         info = json.loads(marker.read_text())
         files = info.get("files", [])
         hashes = info.get("sha256") or {}
-        assert isinstance(files, list) and isinstance(hashes, dict)
+        if not (isinstance(files, list) and isinstance(hashes, dict)):
+            raise ValueError("not a list of files")
     except FileNotFoundError:
         if force:
             return {}
         raise CardError(f"{to}: the folder is not empty and was not written by smolforge export; "
                         "choose another --to (or --force to write into it; its other files are kept)") from None
-    except (OSError, ValueError, AttributeError, AssertionError):
+    except (OSError, ValueError, AttributeError):
         if force:
             return {}
         raise CardError(f"{to / MARKER}: damaged; export does not know which files it wrote there "
@@ -166,6 +167,11 @@ def export_hf(run_dir: str | Path, to: str | Path, licence: str | None = None,
     prof = profile(run_dir, tokenizer=tokenizer, sample_records=0, max_rejects=0, summary=summary)
     readme = card(summary, prof, splits, licence, _recipe_text(run_dir)).encode()
     (to / "data").mkdir(parents=True, exist_ok=True)
+    # The marker first names what is about to be written, so that an export cut short
+    # (kill, full disk) is still known as ours by the next one.
+    writing = [*new, "README.md"]
+    atomic_write_json(to / MARKER, {"run": str(run_dir), "files": list(dict.fromkeys([*old, *writing])),
+                                    "sha256": {r: h for r, h in old.items() if h and r not in writing}})
     hashes = {}
     for rel, t in new.items():
         with atomic_file(to / rel) as f:
