@@ -332,7 +332,7 @@ def test_rerun_removes_only_its_own_outputs_whatever_the_manifest_lists(tmp_path
     assert read_data(out).num_rows == len(TOPICS)
 
 
-@pytest.mark.parametrize("entry", ["recipe.yaml", ".lock", "data", "stages/00-items"])
+@pytest.mark.parametrize("entry", ["recipe.yaml", ".lock", "data", "logs", "stages/00-items"])
 def test_a_link_where_the_run_keeps_its_files_is_refused_and_nothing_outside_changes(tmp_path, entry):
     other = tmp_path / "other"  # another run: a link must not let this one write or delete there
     assert smolforge("run", str(cpu_recipe(tmp_path, seed=2)), "--out", str(other), "--quiet").returncode == 0
@@ -340,13 +340,14 @@ def test_a_link_where_the_run_keeps_its_files_is_refused_and_nothing_outside_cha
     path = cpu_recipe(tmp_path)
     assert smolforge("run", str(path), "--out", str(out), "--quiet").returncode == 0
     target = {"recipe.yaml": other / "recipe.yaml", ".lock": other / "manifest.json",
-              "data": other / "data", "stages/00-items": other / "stages" / "00-items"}[entry]
-    link = out / entry
+              "data": other / "data", "logs": other / "data",
+              "stages/00-items": other / "stages" / "00-items"}[entry]
+    link = out / entry  # (a managed server's log goes to logs/)
     if link.is_dir():
         for p in sorted(link.iterdir()):
             p.unlink()
         link.rmdir()
-    else:
+    elif link.exists():
         link.unlink()
     link.symlink_to(target)
     before = _tree(other)

@@ -55,7 +55,7 @@ _STAGE_FILE = re.compile(
 # What a run killed during start-up (before its manifest) may have left.
 _START_FILES = {".lock", "stages", "cache.sqlite", "cache.sqlite-wal", "cache.sqlite-shm"}
 # Every name smolforge writes at the top of a run directory; none may be a link.
-_RUN_FILES = _START_FILES | {"manifest.json", "recipe.yaml", "data", "rejects"}
+_RUN_FILES = _START_FILES | {"manifest.json", "recipe.yaml", "data", "rejects", "logs"}
 # A stage's checkpoint directory, stages/NN-<name> (or NN-<name>.new while it is made).
 _STAGE_DIR = re.compile(r"^\d{2,}-" + STAGE_NAME.pattern[1:-1] + r"(\.new)?$")
 # The outputs `finalize` writes: the only names of the manifest's `data.files` a re-run removes.
