@@ -136,7 +136,8 @@ def _damage_and_rerun(tmp_path: Path, damage) -> tuple[subprocess.CompletedProce
     return r, out, ref
 
 
-@pytest.mark.parametrize("kind", ["flip", "truncate", "swap", "swap_with_marker", "no_marker", "missing"])
+@pytest.mark.parametrize("kind", ["flip", "truncate", "swap", "swap_with_marker", "no_marker", "missing",
+                                  "fifo", "dev_zero", "marker_dev_zero"])
 def test_damaged_or_swapped_shard_is_recomputed_with_a_warning_naming_it(tmp_path, kind):
     target = "stages/01-filter/shard-00001.parquet"
 
@@ -156,6 +157,15 @@ def test_damaged_or_swapped_shard_is_recomputed_with_a_warning_naming_it(tmp_pat
                 (out / f"stages/01-filter/shard-00001{suffix}").write_bytes(src.read_bytes())
         elif kind == "no_marker":
             (out / "stages/01-filter/shard-00001.done").unlink()
+        elif kind == "fifo":  # reading it would hang
+            p.unlink()
+            os.mkfifo(p)
+        elif kind == "dev_zero":  # reading it would never end
+            p.unlink()
+            p.symlink_to("/dev/zero")
+        elif kind == "marker_dev_zero":
+            (out / "stages/01-filter/shard-00001.done").unlink()
+            (out / "stages/01-filter/shard-00001.done").symlink_to("/dev/zero")
         else:
             p.unlink()
 

@@ -48,6 +48,7 @@ from smolforge.store import (
     load_manifest,
     plain_rows,
     read_data,
+    read_regular,
     records_to_table,
     sha256,
 )
@@ -351,7 +352,7 @@ class Runner:
             raise TypeError(f"stage {name}: unknown kind {stage.kind!r}")
         self.progress.finish()
         if files := stage.artefacts(ctx):
-            info["artefacts"] = {self._rel(p): sha256(p.read_bytes()) for p in files}
+            info["artefacts"] = {self._rel(p): sha256(read_regular(p)) for p in files}
         sdir.mark_done(info)
 
     def _rel(self, path: Path) -> str:
@@ -368,7 +369,7 @@ class Runner:
             if want is None:
                 return f"{rel}: no hash was kept for it"
             try:
-                got = sha256(p.read_bytes())
+                got = sha256(read_regular(p))
             except OSError as e:
                 return f"{rel}: {e.strerror or e}"
             if got != want:

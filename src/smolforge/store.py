@@ -32,12 +32,14 @@ Trust rules (datatrove keeps a marker per finished task; we also keep hashes):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -101,6 +103,17 @@ def atomic_file(path: Path, *, fsync: bool = False) -> Iterator[BinaryIO]:
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
     with atomic_file(path, fsync=fsync) as f:
         f.write(data)
+
+
+def read_regular(path: Path) -> bytes:
+    """A file smolforge wrote, read only when it is a regular file and not a link:
+    a checkpoint, marker or manifest swapped for a link to /dev/zero or for a FIFO
+    is an OSError (damaged), not an endless read or a hang."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return f.read()
 
 
 def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
@@ -227,7 +240,7 @@ class StageDir:
     def marker(self, j: int) -> dict | None:
         """The shard's commit record, or None if the shard is not committed."""
         try:
-            return json.loads(self.shard_path(j, ".done").read_text())
+            return json.loads(read_regular(self.shard_path(j, ".done")))
         except (OSError, ValueError):
             return None
 
@@ -262,9 +275,11 @@ class StageDir:
             if want is None:
                 continue
             try:
-                got = sha256(path.read_bytes())
-            except OSError:
+                got = sha256(read_regular(path))
+            except FileNotFoundError:
                 return f"{path.name} is missing"
+            except OSError as e:
+                return f"{path.name} cannot be read ({e.strerror or e})"
             if got != want:
                 return f"{path.name} does not match the hash recorded when it was written"
         return None
@@ -287,7 +302,7 @@ class StageDir:
                 return None  # nothing was dropped in this shard
             raise ShardDamaged(f"{path}: not committed")
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except OSError as e:
             raise ShardDamaged(f"{path}: {e.strerror or e}") from e
         if sha256(data) != want:
@@ -341,7 +356,7 @@ class StageDir:
     def done(self) -> dict | None:
         marker = self.path / "_DONE"
         try:
-            return json.loads(marker.read_text())
+            return json.loads(read_regular(marker))
         except (OSError, ValueError):
             return None
 
@@ -442,7 +457,7 @@ def run_state(root: Path) -> str:
     mpath = root / "manifest.json"
     if mpath.exists() or mpath.is_symlink():
         try:
-            obj = None if mpath.is_symlink() else json.loads(mpath.read_text())
+            obj = json.loads(read_regular(mpath))
         except (OSError, ValueError):  # unreadable, truncated, not JSON: damaged if beside our files
             ours = all(p.name in _RUN_FILES or _STAGE_FILE.match(p.name) for p in root.iterdir())
             return "damaged" if ours or _has_checkpoints(root) else "foreign"
@@ -476,7 +491,7 @@ def load_manifest(root: str | Path) -> dict:
     """A run's manifest; RunDirError naming a missing or damaged one."""
     mpath = Path(root) / "manifest.json"
     try:
-        obj = json.loads(mpath.read_text())
+        obj = json.loads(read_regular(mpath))
     except FileNotFoundError:
         raise RunDirError(f"{root}: not a run directory (no manifest.json)") from None
     except (OSError, ValueError):
@@ -546,7 +561,7 @@ class RunStore:
 
     def read_manifest(self) -> dict:
         try:
-            return json.loads(self.manifest_path.read_text())
+            return json.loads(read_regular(self.manifest_path))
         except (OSError, ValueError):
             return {}
 
@@ -566,8 +581,8 @@ class RunStore:
         no_link(path.with_name(path.name + ".new"))
         if path.exists():
             try:
-                current = fp_file.read_text().strip()
-            except OSError:
+                current = read_regular(fp_file).decode().strip()
+            except (OSError, ValueError):
                 current = None
             if current != fingerprint:
                 _remove_own_dir(path)
@@ -621,13 +636,13 @@ def data_files(root: str | Path) -> list[Path]:
     only names that follow the output names are read (never a path out of the run)."""
     root = Path(root)
     try:
-        files = json.loads((root / "manifest.json").read_text())["data"]["files"]
+        files = json.loads(read_regular(root / "manifest.json"))["data"]["files"]
     except (OSError, ValueError, KeyError, TypeError):
         files = None
     if not isinstance(files, list):
         files = [str(p.relative_to(root)) for p in sorted((root / "data").glob("train-*.parquet"))]
     return [p for f in files if isinstance(f, str) and f.startswith("data/")
-            and (p := own_file(root, f, OUTPUT_FILE)) is not None]
+            and (p := own_file(root, f, OUTPUT_FILE)) is not None and p.is_file()]
 
 
 def read_data(root: str | Path, columns: list[str] | None = None) -> pa.Table:

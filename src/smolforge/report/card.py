@@ -33,6 +33,7 @@ from smolforge.store import (
     atomic_write_json,
     own_file,
     read_data,
+    read_regular,
     sha256,
 )
 
@@ -112,9 +113,7 @@ def _own_files(to: Path, force: bool) -> dict[str, str | None]:
         return {}
     marker = to / MARKER
     try:
-        if marker.is_symlink():
-            raise ValueError("a link")
-        info = json.loads(marker.read_text())
+        info = json.loads(read_regular(marker))
         files = info.get("files", [])
         hashes = info.get("sha256") or {}
         if not (isinstance(files, list) and isinstance(hashes, dict)):
@@ -138,7 +137,7 @@ def _is_ours(path: Path, want: str | None) -> bool:
     if want is None:
         return True
     try:
-        return sha256(path.read_bytes()) == want
+        return sha256(read_regular(path)) == want
     except OSError:
         return False
 
