@@ -175,3 +175,139 @@ def test_push_without_token_is_a_clear_error(demo):
     run, _ = demo
     p = smolforge("push", str(run), "me/x", env={"HF_TOKEN": ""})
     assert p.returncode == 1 and "set HF_TOKEN" in p.stderr
+
+
+# ---------------------------------------------------------------- hostile folders and files (issue 27)
+
+
+def test_export_hf_removes_only_what_it_wrote_whatever_the_marker_lists(demo, tmp_path):
+    run, _ = demo
+    out = tmp_path / "hf"
+    assert smolforge("export", str(run), "--format", "hf", "--to", str(out)).returncode == 0
+    victims = {tmp_path / "victim.txt": "mine", tmp_path / "abs.txt": "mine too",
+               out / "notes.md": "a user's file in the folder", out / "data" / "mine.parquet": "mine three"}
+    for p, text in victims.items():
+        p.write_text(text)
+    marker = out / ".smolforge-export.json"
+    info = json.loads(marker.read_text())
+    info["files"] += ["../victim.txt", str(tmp_path / "abs.txt"), "data/../../victim.txt", "notes.md",
+                      "data/mine.parquet", 7, "data/old-00000-of-00001.parquet"]
+    marker.write_text(json.dumps(info))
+    (out / "data" / "old-00000-of-00001.parquet").write_bytes(b"a split an earlier export wrote")
+    p = smolforge("export", str(run), "--format", "hf", "--to", str(out))
+    assert p.returncode == 0, p.stderr
+    for path, text in victims.items():
+        assert path.read_text() == text
+    assert not (out / "data" / "old-00000-of-00001.parquet").exists()  # its own, gone from the run
+    assert pq.read_table(out / "data" / "train-00000-of-00001.parquet").num_rows > 0
+
+
+def test_export_hf_does_not_replace_a_file_it_did_not_write_or_follow_a_link(demo, tmp_path):
+    run, _ = demo
+    out = tmp_path / "hf"
+    assert smolforge("export", str(run), "--format", "hf", "--to", str(out)).returncode == 0
+    (out / "README.md").write_text("my own card")  # changed since: not the export's any more
+    p = smolforge("export", str(run), "--format", "hf", "--to", str(out))
+    assert p.returncode == 1 and f"{out / 'README.md'}: exists and was not written by smolforge export" in p.stderr
+    assert (out / "README.md").read_text() == "my own card"
+    assert smolforge("export", str(run), "--format", "hf", "--to", str(out), "--force").returncode == 0
+    assert (out / "README.md").read_text().startswith("---\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "train-00000-of-00001.parquet").write_text("not yours")
+    for p in (out / "data").iterdir():
+        p.unlink()
+    (out / "data").rmdir()
+    (out / "data").symlink_to(outside)
+    for force in ([], ["--force"]):
+        p = smolforge("export", str(run), "--format", "hf", "--to", str(out), *force)
+        assert p.returncode == 1 and "is a symbolic link" in p.stderr
+    assert (outside / "train-00000-of-00001.parquet").read_text() == "not yours"
+
+
+@pytest.mark.parametrize("fmt,name", [("jsonl", "d.jsonl"), ("parquet", "d.parquet"), ("chat", "c.jsonl")])
+def test_export_never_overwrites_a_file_or_writes_through_a_link_without_force(demo, tmp_path, fmt, name):
+    run, _ = demo
+    args = ["--response-column", "text", "--prompt-column", "text"] if fmt == "chat" else []
+    to = tmp_path / name
+    to.write_text("my file")
+    p = smolforge("export", str(run), "--format", fmt, "--to", str(to), *args)
+    assert p.returncode == 1 and f"{to}: exists; export does not overwrite a file" in p.stderr
+    assert to.read_text() == "my file"
+    target = tmp_path / "target.txt"
+    target.write_text("a link's target")
+    to.unlink()
+    to.symlink_to(target)
+    p = smolforge("export", str(run), "--format", fmt, "--to", str(to), *args)
+    assert p.returncode == 1 and f"{to}: is a symbolic link" in p.stderr
+    p = smolforge("export", str(run), "--format", fmt, "--to", str(to), *args, "--force")
+    assert p.returncode == 0, p.stderr
+    assert target.read_text() == "a link's target"  # the link was replaced, not its target
+    assert not to.is_symlink() and to.stat().st_size > 0
+    assert [x.name for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []
+
+
+def test_export_killed_mid_write_leaves_the_old_file_whole(demo, tmp_path):
+    """A write cut short (here by the file-size limit: EFBIG, as a full disk would
+    give ENOSPC) leaves the earlier export as it was, and no partial file."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    run, _ = demo
+    to = tmp_path / "d.jsonl"
+    assert smolforge("export", str(run), "--format", "jsonl", "--to", str(to)).returncode == 0
+    old = to.read_bytes()
+    assert len(old) > 4096
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    p = subprocess.run([sys.executable, "-m", "smolforge.cli", "export", str(run), "--format", "jsonl",
+                        "--to", str(to), "--force"], preexec_fn=small_files, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert p.returncode == 1 and "File too large" in p.stderr, p.stderr  # cut short while writing
+    assert to.read_bytes() == old
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["d.jsonl"]  # its temporary file removed
+
+
+def test_report_replaces_a_link_in_the_run_and_a_damaged_manifest_is_named(demo, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(demo[0], run)
+    victim = tmp_path / "victim.html"
+    victim.write_text("not the report's")
+    (run / "report.html").symlink_to(victim)
+    p = smolforge("report", str(run))
+    assert p.returncode == 0, p.stderr
+    assert victim.read_text() == "not the report's"
+    assert not (run / "report.html").is_symlink() and "<html" in (run / "report.html").read_text()
+    (run / "manifest.json").write_text('{"format": "smolforge-run/1", "stag')
+    for cmd in (["show", str(run)], ["export", str(run), "--format", "hf", "--to", str(tmp_path / "hf")]):
+        p = smolforge(*cmd)
+        assert p.returncode == 2 and f"{run / 'manifest.json'}: the run's manifest is damaged" in p.stderr
+
+
+def test_export_hf_cut_short_leaves_a_folder_the_next_export_finishes(demo, tmp_path):
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    run, _ = demo
+    out = tmp_path / "hf"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    p = subprocess.run([sys.executable, "-m", "smolforge.cli", "export", str(run), "--format", "hf",
+                        "--to", str(out)], preexec_fn=small_files, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert p.returncode == 1 and "File too large" in p.stderr, p.stderr
+    assert not (out / "data" / "train-00000-of-00001.parquet").exists()  # no partial file
+    p = smolforge("export", str(run), "--format", "hf", "--to", str(out))  # no --force needed
+    assert p.returncode == 0, p.stderr
+    assert sorted(str(x.relative_to(out)) for x in out.rglob("*") if x.is_file()) == [
+        ".smolforge-export.json", "README.md", "data/train-00000-of-00001.parquet"]

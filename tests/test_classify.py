@@ -168,3 +168,68 @@ def test_embedding_features_with_bundled_minilm(corpus, tmp_path):
     labels = [r["edu_score"] for r in records]
     want = np.clip(emb @ model.weights + model.bias, min(labels), max(labels))
     np.testing.assert_allclose([r["score"] for r in kept], want, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the model file in a run (issue 27)
+
+
+def _labelled_items(n: int = 24) -> list[dict]:
+    """Texts whose label is how many of a few words they use (a judge stand-in)."""
+    vocab = ["river", "stone", "light", "bread", "cloud", "field"]
+    return [{"text": " ".join(vocab[: 1 + i % 6] + [f"w{i}", "and", "more"]), "edu": i % 6} for i in range(n)]
+
+
+def classifier_recipe(model_path: str = "clf.npz", label: str = "edu") -> dict:
+    """items -> train_classifier -> classify: CPU only, a few seconds."""
+    return {"name": "clf", "seed": 3, "shard_size": 8, "stages": [
+        {"type": "items", "items": [{**r, "other": 5 - r["edu"]} for r in _labelled_items()]},
+        {"type": "train_classifier", "label_column": label, "min_labels": 4, "n_features": 1024,
+         "model_path": model_path},
+        {"type": "classify", "models": [model_path], "score_column": "score"},
+    ]}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "swap", "metrics"])
+def test_a_damaged_deleted_or_swapped_model_is_caught_and_trained_again(tmp_path, damage):
+    from conftest import smolforge, write_recipe
+
+    from smolforge.store import read_data
+
+    path = write_recipe(tmp_path / "clf.yaml", classifier_recipe())
+    out = tmp_path / "run"
+    assert smolforge("run", str(path), "--out", str(out), "--quiet").returncode == 0
+    model = out / "clf.npz"
+    good, scores = model.read_bytes(), read_data(out).column("score").to_pylist()
+    (tmp_path / "good.npz").write_bytes(good)
+    if damage == "flip":
+        b = bytearray(good)
+        b[len(b) // 2] ^= 0x01
+        model.write_bytes(bytes(b))
+    elif damage == "truncate":
+        model.write_bytes(good[:100])
+    elif damage == "delete":
+        model.unlink()
+    elif damage == "swap":  # another valid model: classify would use it silently
+        other = write_recipe(tmp_path / "other.yaml", classifier_recipe(label="other"))
+        assert smolforge("run", str(other), "--out", str(tmp_path / "o"), "--quiet").returncode == 0
+        model.write_bytes((tmp_path / "o" / "clf.npz").read_bytes())
+        assert model.read_bytes() != good
+    else:
+        (out / "clf.metrics.json").write_text("{}")
+    p = smolforge("run", str(path), "--out", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    name = "clf.metrics.json" if damage == "metrics" else "clf.npz"
+    assert f"warning: {name}" in p.stderr and "recomputing stage train_classifier" in p.stderr
+    again, first = Classifier.load(model), Classifier.load(tmp_path / "good.npz")
+    assert np.array_equal(again.weights, first.weights) and again.bias == first.bias  # trained again
+    assert read_data(out).column("score").to_pylist() == scores
+    assert json.loads((out / "clf.metrics.json").read_text())["labelled"] == 24
+
+
+def test_a_damaged_model_from_outside_the_run_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    ctx = make_ctx(tmp_path)
+    with pytest.raises(ValueError, match=r"classify: model 'bad.npz': .*bad.npz: damaged or not a "
+                       r"smolforge classifier .*train it again"):
+        run(Classify(models=["bad.npz"]), [{"id": "a", "text": "x", "meta": {}}], ctx)

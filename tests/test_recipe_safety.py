@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import smolforge, write_recipe
+from test_classify import classifier_recipe
 
 import smolforge as sf
 from smolforge.context import EnginePool, StageContext
@@ -319,3 +320,71 @@ def test_read_rejects_invalid_utf8_in_csv_and_text(tmp_path):
     assert [r["text"] for r in out if not isinstance(r, Reject)] == ["line one", "line three"]
     assert [r.reason for r in out if isinstance(r, Reject)] == [
         f"{tmp_path / 't.txt'}:2: invalid UTF-8 (byte 0xfe at column 6: invalid start byte)"]
+
+
+# ---------------------------------------------------------------- issue 27: what a run may write
+
+
+def test_stage_name_that_is_a_path_is_a_recipe_error_and_no_other_run_is_touched(tmp_path):
+    other = tmp_path / "other-run"  # another run, its checkpoints under stages/01-s
+    r = sf.run(items_then({"type": "filter", "name": "s", "where": "true"}), out=other)
+    before = {str(p): p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    recipes, _ = project(tmp_path)
+    path = write_recipe(recipes / "r.yaml", items_then(
+        {"type": "filter", "name": "x/../../../../other-run/stages/01-s", "where": "false"}))
+    p = smolforge("run", "r.yaml", "--out", str(tmp_path / "proj" / "run"), cwd=recipes)
+    assert p.returncode == 2, p.stderr
+    assert (f"r.yaml:{line_of(path, 'name: x/')}: stages[1].name: value error, a stage name is a "
+            "letter or _ then letters, digits, _ or -") in p.stderr
+    assert not (tmp_path / "proj" / "run").exists()
+    assert {str(p): p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    assert r.data().num_rows == 1
+    with pytest.raises(ValueError, match="a stage name is"):  # the Python API, also on assignment
+        Recipe.from_dict(items_then({"type": "filter", "name": "../x", "where": "true"}))
+
+
+@pytest.mark.parametrize("model_path,problem", [
+    ("ABS/victim.npz", "must be a relative path inside the run directory"),
+    ("../victim.npz", "must stay inside the run directory (no '..')"),
+    ("models/../../victim.npz", "must stay inside the run directory (no '..')"),
+    ("stages/01-train_classifier/x.npz", "'stages' is where the run keeps its own files"),
+    ("clf.txt", "must end in .npz"),
+])
+def test_model_path_is_confined_to_the_run_directory(tmp_path, model_path, problem):
+    recipes, _ = project(tmp_path)
+    victim = recipes / "victim.npz"  # in the recipe's folder: a path the read policy allows
+    victim.write_bytes(b"not yours")
+    (recipes / "victim.metrics.json").write_text("{}")
+    model_path = model_path.replace("ABS", str(recipes))
+    path = write_recipe(recipes / "r.yaml", classifier_recipe(model_path))
+    p = smolforge("run", "r.yaml", "--out", str(recipes / "run"), cwd=recipes)
+    assert p.returncode == 2, p.stderr
+    line = line_of(path, "model_path")
+    assert f"r.yaml:{line}: stages[1].model_path: value error, model_path {problem}" in p.stderr
+    assert victim.read_bytes() == b"not yours" and (recipes / "victim.metrics.json").read_text() == "{}"
+
+
+def test_model_path_through_a_link_in_the_run_directory_is_refused(tmp_path):
+    recipes, outside = project(tmp_path)
+    out = recipes / "run"
+    write_recipe(recipes / "r.yaml", classifier_recipe("models/clf.npz"))
+    assert smolforge("run", "r.yaml", "--out", str(out), "--quiet", cwd=recipes).returncode == 0
+    assert (out / "models" / "clf.npz").is_file() and (out / "models" / "clf.metrics.json").is_file()
+    (out / "models" / "clf.npz").unlink()
+    (out / "models" / "clf.metrics.json").unlink()
+    (out / "models").rmdir()
+    (out / "models").symlink_to(outside)
+    (outside / "clf.npz").write_bytes(b"outside")
+    p = smolforge("run", "r.yaml", "--out", str(out), "--quiet", cwd=recipes)
+    assert p.returncode == 2, p.stderr
+    assert f"{out / 'models'}: is a symbolic link" in p.stderr
+    assert (outside / "clf.npz").read_bytes() == b"outside"
+    assert not (outside / "clf.metrics.json").exists()
+
+
+def test_recipe_name_dotdot_cannot_make_the_default_out_the_working_directory(tmp_path):
+    recipes, _ = project(tmp_path)
+    path = write_recipe(recipes / "r.yaml", {"name": "..", "stages": [{"type": "items", "items": ["a"]}]})
+    p = smolforge("run", "r.yaml", cwd=recipes)
+    assert p.returncode == 2
+    assert f"r.yaml:{line_of(path, 'name:')}: name: value error, a recipe name names the default run" in p.stderr

@@ -136,7 +136,8 @@ def _damage_and_rerun(tmp_path: Path, damage) -> tuple[subprocess.CompletedProce
     return r, out, ref
 
 
-@pytest.mark.parametrize("kind", ["flip", "truncate", "swap", "swap_with_marker", "no_marker", "missing"])
+@pytest.mark.parametrize("kind", ["flip", "truncate", "swap", "swap_with_marker", "no_marker", "missing",
+                                  "fifo", "dev_zero", "marker_dev_zero"])
 def test_damaged_or_swapped_shard_is_recomputed_with_a_warning_naming_it(tmp_path, kind):
     target = "stages/01-filter/shard-00001.parquet"
 
@@ -156,6 +157,15 @@ def test_damaged_or_swapped_shard_is_recomputed_with_a_warning_naming_it(tmp_pat
                 (out / f"stages/01-filter/shard-00001{suffix}").write_bytes(src.read_bytes())
         elif kind == "no_marker":
             (out / "stages/01-filter/shard-00001.done").unlink()
+        elif kind == "fifo":  # reading it would hang
+            p.unlink()
+            os.mkfifo(p)
+        elif kind == "dev_zero":  # reading it would never end
+            p.unlink()
+            p.symlink_to("/dev/zero")
+        elif kind == "marker_dev_zero":
+            (out / "stages/01-filter/shard-00001.done").unlink()
+            (out / "stages/01-filter/shard-00001.done").symlink_to("/dev/zero")
         else:
             p.unlink()
 
@@ -294,3 +304,88 @@ def test_final_write_streams_shards_and_unifies_their_types(tmp_path):
     manifest = run.manifest
     assert manifest["data"]["files"] == ["data/train-00000-of-00001.parquet", "rejects/rejects.parquet"]
     assert os.path.exists(tmp_path / "run" / manifest["data"]["files"][0])
+
+
+# ---------------------------------------------------------------- hostile run directories (issue 27)
+
+
+def _victims(tmp_path: Path) -> dict[Path, str]:
+    """Files outside the run that a hostile run directory points at."""
+    out = {tmp_path / "victim.txt": "relative", tmp_path / "abs" / "victim.parquet": "absolute",
+           tmp_path / "run" / "data" / "notes.parquet": "a user's file in data/"}
+    for p, text in out.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return out
+
+
+def test_rerun_removes_only_its_own_outputs_whatever_the_manifest_lists(tmp_path):
+    out = tmp_path / "run"
+    path = cpu_recipe(tmp_path)
+    assert smolforge("run", str(path), "--out", str(out), "--quiet").returncode == 0
+    victims = _victims(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["data"]["files"] = ["../victim.txt", str(tmp_path / "abs" / "victim.parquet"),
+                                 "data/../../victim.txt", "data/notes.parquet", "rejects/../../victim.txt",
+                                 {"not": "a path"}, "data/train-00000-of-00002.parquet"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "data" / "train-00000-of-00002.parquet").write_bytes(b"an older output of the run")
+    r = smolforge("run", str(path), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    for p, text in victims.items():
+        assert p.read_text() == text
+    assert not (out / "data" / "train-00000-of-00002.parquet").exists()  # its own old output: removed
+    # and reading follows the same names: no path out of the run is read as data
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["data"]["files"] = ["data/../../abs/victim.parquet", "data/train-00000-of-00001.parquet"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert read_data(out).num_rows == len(TOPICS)
+
+
+@pytest.mark.parametrize("entry", ["recipe.yaml", ".lock", "data", "logs", "stages/00-items"])
+def test_a_link_where_the_run_keeps_its_files_is_refused_and_nothing_outside_changes(tmp_path, entry):
+    other = tmp_path / "other"  # another run: a link must not let this one write or delete there
+    assert smolforge("run", str(cpu_recipe(tmp_path, seed=2)), "--out", str(other), "--quiet").returncode == 0
+    out = tmp_path / "run"
+    path = cpu_recipe(tmp_path)
+    assert smolforge("run", str(path), "--out", str(out), "--quiet").returncode == 0
+    target = {"recipe.yaml": other / "recipe.yaml", ".lock": other / "manifest.json",
+              "data": other / "data", "logs": other / "data",
+              "stages/00-items": other / "stages" / "00-items"}[entry]
+    link = out / entry  # (a managed server's log goes to logs/)
+    if link.is_dir():
+        for p in sorted(link.iterdir()):
+            p.unlink()
+        link.rmdir()
+    elif link.exists():
+        link.unlink()
+    link.symlink_to(target)
+    before = _tree(other)
+    r = smolforge("run", str(path), "--out", str(out), "--quiet")
+    assert r.returncode == 2, r.stderr
+    assert f"{link}: is a symbolic link" in r.stderr
+    assert _tree(other) == before
+
+
+def test_damaged_manifest_is_named_with_how_to_resume_and_resuming_reuses_the_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    path = cpu_recipe(tmp_path)
+    assert smolforge("run", str(path), "--out", str(out), "--quiet").returncode == 0
+    ref = rows(out)
+    shards = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("shard-*")}
+    mpath = out / "manifest.json"
+    mpath.write_bytes(mpath.read_bytes()[:40])  # torn by a power loss
+    r = smolforge("run", str(path), "--out", str(out), "--quiet")
+    assert r.returncode == 2
+    assert f"{mpath}: the run's manifest is damaged" in r.stderr
+    assert "not a smolforge run" not in r.stderr
+    assert f"mv {mpath} {mpath}.damaged" in r.stderr
+    # follow the advice: the run resumes from its verified checkpoints
+    mpath.rename(out / "manifest.json.damaged")
+    r = smolforge("run", str(path), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"{mpath}: missing; resuming from the checkpoints" in r.stderr
+    assert rows(out) == ref
+    assert {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("shard-*")} == shards
+    assert json.loads(mpath.read_text())["status"] == "done"
+    assert (out / "manifest.json.damaged").exists()  # moved by the user, kept

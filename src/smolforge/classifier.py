@@ -17,7 +17,9 @@ bias and a JSON header saying how to featurise text.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from smolforge.minhash import Batch, prefix_hashes, segment_hashes
+from smolforge.store import atomic_write_bytes
 
 Features = Literal["hash", "embed"]
 FORMAT_VERSION = 1
@@ -169,25 +172,33 @@ class Classifier:
         """Predicted judge score per text, clipped to the range of the training labels."""
         return self.predict_features(self.featurize(texts))
 
+    def to_bytes(self) -> bytes:
+        header = {"format": FORMAT_VERSION, "features": self.features, **self.meta}
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf, weights=self.weights, bias=np.float64(self.bias), header=np.array(json.dumps(header))
+        )
+        return buf.getvalue()
+
     def save(self, path: str | Path) -> Path:
+        """Written under a temporary name and renamed (never through a link)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"format": FORMAT_VERSION, "features": self.features, **self.meta}
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(
-            tmp, weights=self.weights, bias=np.float64(self.bias), header=np.array(json.dumps(header))
-        )
-        tmp.replace(path)
+        atomic_write_bytes(path, self.to_bytes())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
-        with np.load(path, allow_pickle=False) as f:
-            header = json.loads(str(f["header"]))
-            weights, bias = f["weights"], float(f["bias"])
-        if header.pop("format", None) != FORMAT_VERSION:
-            raise ValueError(f"{path}: not a smolforge classifier of format {FORMAT_VERSION}")
-        return cls(header.pop("features"), weights, bias, header)
+        """A saved model; ValueError naming the file when it is damaged or not one."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                header = json.loads(str(f["header"]))
+                weights, bias = f["weights"], float(f["bias"])
+            if not isinstance(header, dict) or header.pop("format", None) != FORMAT_VERSION:
+                raise ValueError(f"not a smolforge classifier of format {FORMAT_VERSION}")
+            return cls(header.pop("features"), weights, bias, header)
+        except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: damaged or not a smolforge classifier ({e})") from None
 
 
 def fit(

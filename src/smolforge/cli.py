@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                    "generation stage's output)")
     e.add_argument("--system-column", help="chat, dpo, kto, grpo: a system turn (default: the one the "
                    "recipe's stage writes, if any)")
+    e.add_argument("--force", action="store_true",
+                   help="replace an existing file (hf: files in the folder) that this export did not write")
 
     from smolforge.train import cli as train_cli  # train, eval (torch etc. imported only when run)
 
@@ -315,7 +317,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from smolforge.export import export
 
     n = export(args.run_dir, args.format, args.to, args.prompt_column, args.response_column, args.system_column,
-               split=args.split, licence=args.license)
+               split=args.split, licence=args.license, force=args.force)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     err.print(f"wrote {n} records to {args.to}", markup=False)
     manifest = Path(args.run_dir) / "manifest.json"

@@ -1,4 +1,9 @@
-"""`smolforge export`: a run's data as JSONL, Parquet, or chat messages for TRL."""
+"""`smolforge export`: a run's data as JSONL, Parquet, or chat messages for TRL.
+
+An export is written under a temporary name and renamed into place, so a kill or
+a full disk leaves any earlier file whole. It never writes through a symbolic
+link and never replaces an existing file without `force` (`--force`; a link is
+then replaced itself, its target untouched)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smolforge.store import data_files, read_data
+from smolforge.store import atomic_file, data_files, read_data
 
 FORMATS = ("jsonl", "parquet", "chat", "hf", "dpo", "kto", "grpo")
 SPLIT_COLUMN = "split"
@@ -58,13 +63,18 @@ def export(
     *,
     split: str | None = None,
     licence: str | None = None,
+    force: bool = False,
 ) -> int:
     if not data_files(run_dir):
         raise ExportError(f"{run_dir}: no data (has the run finished?)")
     if fmt == "hf":  # a Hugging Face dataset folder: one Parquet file per `split`, and the card
         from smolforge.report.card import export_hf
 
-        return export_hf(run_dir, to, licence=licence)
+        return export_hf(run_dir, to, licence=licence, force=force)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    to = Path(to)
+    check_target(to, force)  # before the work, and again when it is done (below)
     # chat, dpo, kto, grpo: the columns the recipe declared unless named (export_columns.py)
     from smolforge.export_columns import choose_columns, describe
 
@@ -88,14 +98,25 @@ def export(
     if columns:  # which column played which role, in the file (Parquet) too
         meta = {b"smolforge.columns": json.dumps(columns).encode()}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    to = Path(to)
+    check_target(to, force)
     to.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet" or (fmt in ("chat", "dpo", "kto", "grpo") and to.suffix == ".parquet"):
-        pq.write_table(table, to)
-    elif fmt in ("jsonl", "chat", "dpo", "kto", "grpo"):
-        with open(to, "w", encoding="utf-8") as f:
+    with atomic_file(to) as f:
+        if fmt == "parquet" or (fmt != "jsonl" and to.suffix == ".parquet"):
+            pq.write_table(table, f)
+        else:
             for row in table.to_pylist():
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    else:
-        raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+                f.write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode())
     return table.num_rows
+
+
+def check_target(to: Path, force: bool) -> None:
+    """Refuse to write through a link or over an existing file (unless `force`)."""
+    if to.is_symlink():
+        if not force:
+            raise ExportError(f"{to}: is a symbolic link; export never writes through a link "
+                              "(--force replaces the link itself, not its target)")
+    elif to.is_dir():
+        raise ExportError(f"{to}: is a folder; name a file")
+    elif to.exists() and not force:
+        raise ExportError(f"{to}: exists; export does not overwrite a file (--force to replace it, "
+                          "or choose another --to)")

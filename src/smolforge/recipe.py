@@ -22,6 +22,7 @@ from pydantic import (
     PrivateAttr,
     SerializeAsAny,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -81,6 +82,13 @@ class Recipe(BaseModel):
     target: Target | None = Field(
         None, description="exactly this many records: generate in rounds until they survive every stage")
     stages: list[SerializeAsAny[Stage]] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_dot_path(cls, v: str) -> str:
+        if v in (".", ".."):  # the default --out is runs/<name>
+            raise ValueError("a recipe name names the default run directory (runs/<name>); not . or ..")
+        return v
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str | None = PrivateAttr(None)
@@ -446,8 +454,9 @@ def _validate(data: Any, *, base_dir: Path, source: str | None, lines: dict,
 _GLOB_FIELDS = {"path", "documents"}  # a file or glob, or a list of them
 _FILE_FIELDS = {"template_file", "topics", "system_prompts", "rubric", "json_schema"}  # a string names a file
 _VALUE_FIELDS = {"lists"}  # column -> a list, or a file of values
-_RUN_DIR_FIELDS = {"model_path", "models"}  # relative: the run directory (then the recipe)
-_SKIP_FIELDS = {"engine", "items", "template", "system", "type", "name"}
+_RUN_DIR_FIELDS = {"models"}  # relative: the run directory (then the recipe)
+# Not files read: `model_path` is written, inside the run directory only (its own validator).
+_SKIP_FIELDS = {"engine", "items", "template", "system", "type", "name", "model_path"}
 
 
 def _check_paths(stages: list[tuple[int, Stage]], base_dir: Path, roots: tuple[Path, ...],

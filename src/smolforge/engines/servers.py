@@ -228,7 +228,9 @@ class ManagedServerEngine(Engine):
         log_path = self._log_path(port)
         env = {**os.environ, **self.env}
         t0 = time.monotonic()
-        with open(log_path, "ab") as log:
+        # never through a link planted in the run directory (O_NOFOLLOW)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "ab") as log:
             log.write(f"# smolforge: {' '.join(argv)}\n".encode())
             log.flush()
             try:

@@ -27,7 +27,15 @@ import pyarrow.parquet as pq
 import yaml
 
 from smolforge.report.stats import profile, summarize
-from smolforge.store import read_data
+from smolforge.store import (
+    atomic_file,
+    atomic_write_bytes,
+    atomic_write_json,
+    own_file,
+    read_data,
+    read_regular,
+    sha256,
+)
 
 SPLIT_COLUMN = "split"
 MARKER = ".smolforge-export.json"
@@ -88,40 +96,93 @@ def _splits(table: pa.Table) -> dict[str, pa.Table]:
     return out
 
 
-def _prepare_dir(to: Path) -> None:
-    """Write only into an empty folder or one an earlier export wrote (its files are
-    listed in MARKER and are the only ones removed)."""
+# What export_hf writes in a folder: the only names of a marker's `files` it may replace or remove.
+_EXPORT_FILE = re.compile(r"^(README\.md|data/\w+(\.\w+)*-00000-of-00001\.parquet)$")
+
+
+def _own_files(to: Path, force: bool) -> dict[str, str | None]:
+    """The files an earlier export wrote in `to` (relative name -> sha256 when the
+    marker kept it), read from its MARKER; only names export writes, with no link
+    on the way, count. A non-empty folder without a marker is refused (unless
+    `force`: then nothing in it counts as ours)."""
+    if to.is_symlink():
+        raise CardError(f"{to}: is a symbolic link; export never writes through a link (name the folder itself)")
     if to.exists() and not to.is_dir():
         raise CardError(f"{to}: exists and is not a folder")
-    if to.is_dir() and any(to.iterdir()):
-        marker = to / MARKER
-        if not marker.exists():
-            raise CardError(f"{to}: the folder is not empty and was not written by smolforge export; "
-                            "choose another --to")
-        for rel in json.loads(marker.read_text()).get("files", []):
-            p = to / rel
-            if p.is_file():
-                p.unlink()
-    to.mkdir(parents=True, exist_ok=True)
+    if not to.is_dir() or not any(to.iterdir()):
+        return {}
+    marker = to / MARKER
+    try:
+        info = json.loads(read_regular(marker))
+        files = info.get("files", [])
+        hashes = info.get("sha256") or {}
+        if not (isinstance(files, list) and isinstance(hashes, dict)):
+            raise ValueError("not a list of files")
+    except FileNotFoundError:
+        if force:
+            return {}
+        raise CardError(f"{to}: the folder is not empty and was not written by smolforge export; "
+                        "choose another --to (or --force to write into it; its other files are kept)") from None
+    except (OSError, ValueError, AttributeError):
+        if force:
+            return {}
+        raise CardError(f"{to / MARKER}: damaged; export does not know which files it wrote there "
+                        "(--force to write into the folder anyway; its other files are kept)") from None
+    return {rel: hashes.get(rel) for rel in files
+            if own_file(to, rel, _EXPORT_FILE) is not None}
+
+
+def _is_ours(path: Path, want: str | None) -> bool:
+    """An earlier export's file, unchanged since (when its hash was kept)."""
+    if want is None:
+        return True
+    try:
+        return sha256(read_regular(path)) == want
+    except OSError:
+        return False
 
 
 def export_hf(run_dir: str | Path, to: str | Path, licence: str | None = None,
-              tokenizer: str = "auto") -> int:
+              tokenizer: str = "auto", *, force: bool = False) -> int:
+    """Write the folder. Each file goes under a temporary name and is renamed into
+    place; a file export did not write (or that changed since it wrote it) is
+    replaced only with `force`; files of an earlier export that this one does not
+    write again (a split that is gone) are removed, nothing else."""
     run_dir, to = Path(run_dir), Path(to)
     table = read_data(run_dir)
     splits = _splits(table)
-    _prepare_dir(to)
-    (to / "data").mkdir(exist_ok=True)
-    files = []
-    for name, t in splits.items():
-        rel = f"data/{name}-00000-of-00001.parquet"
-        pq.write_table(t, to / rel, compression="zstd")
-        files.append(rel)
+    old = _own_files(to, force)
+    new = {f"data/{name}-00000-of-00001.parquet": t for name, t in splits.items()}
+    for rel in [*new, "README.md", MARKER]:
+        p = to / rel
+        if (to / "data").is_symlink() or (p.is_symlink() and not force):
+            raise CardError(f"{p if p.is_symlink() else to / 'data'}: is a symbolic link; "
+                            "export never writes through a link")
+        if rel != MARKER and not force and (p.exists() or p.is_symlink()) \
+                and not (rel in old and _is_ours(p, old[rel])):
+            raise CardError(f"{p}: exists and was not written by smolforge export (or changed since); "
+                            "--force to replace it, or choose another --to")
     summary = summarize(run_dir)
     prof = profile(run_dir, tokenizer=tokenizer, sample_records=0, max_rejects=0, summary=summary)
-    (to / "README.md").write_text(card(summary, prof, splits, licence, _recipe_text(run_dir)), encoding="utf-8")
-    files.append("README.md")
-    (to / MARKER).write_text(json.dumps({"run": str(run_dir), "files": files}, indent=2))
+    readme = card(summary, prof, splits, licence, _recipe_text(run_dir)).encode()
+    (to / "data").mkdir(parents=True, exist_ok=True)
+    # The marker first names what is about to be written, so that an export cut short
+    # (kill, full disk) is still known as ours by the next one.
+    writing = [*new, "README.md"]
+    atomic_write_json(to / MARKER, {"run": str(run_dir), "files": list(dict.fromkeys([*old, *writing])),
+                                    "sha256": {r: h for r, h in old.items() if h and r not in writing}})
+    hashes = {}
+    for rel, t in new.items():
+        with atomic_file(to / rel) as f:
+            pq.write_table(t, f, compression="zstd")
+        hashes[rel] = sha256((to / rel).read_bytes())
+    atomic_write_bytes(to / "README.md", readme)
+    hashes["README.md"] = sha256(readme)
+    for rel, want in old.items():
+        p = to / rel
+        if rel not in hashes and own_file(to, rel, _EXPORT_FILE) is not None and _is_ours(p, want):
+            p.unlink(missing_ok=True)
+    atomic_write_json(to / MARKER, {"run": str(run_dir), "files": list(hashes), "sha256": hashes})
     return table.num_rows
 
 

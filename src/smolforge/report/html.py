@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from smolforge.report.stats import profile, summarize
+from smolforge.store import atomic_write_bytes
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1f24;background:#fafbfc}
@@ -348,6 +349,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, tokenize
     prof = profile(run_dir, column=column, tokenizer=tokenizer, max_records=max_records, summary=summary)
     out = Path(out) if out else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(summary, prof), encoding="utf-8")
+    # renamed into place: a link at RUN/report.html is replaced, never written through
+    atomic_write_bytes(out, render(summary, prof).encode("utf-8"))
     return out
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from smolforge.licences import Licence, by_id, model_licence
 from smolforge.stages.base import is_engine_error
-from smolforge.store import data_files
+from smolforge.store import data_files, load_manifest
 
 _PAREN = re.compile(r"\s*\([^()]*\)\s*$")
 _QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
@@ -126,7 +126,7 @@ def summarize(run_dir: str | Path, samples: int = 3, column: str | None = None) 
     mean words per text column (`text_columns`: the recipe's generated ones, or
     `column`), teachers with their licences and the licence warnings, sample records."""
     run_dir = Path(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = load_manifest(run_dir)
     out: dict[str, Any] = {
         "run": str(run_dir),
         "recipe": manifest.get("recipe"),
@@ -578,7 +578,7 @@ def profile(run_dir: str | Path, *, column: str | None = None, tokenizer: str = 
 
     run_dir = Path(run_dir)
     summary = summary or summarize(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = load_manifest(run_dir)
     recipe = _recipe(run_dir)
     files = data_files(run_dir)
     schema = pq.read_schema(files[0]) if files else pa.schema([])

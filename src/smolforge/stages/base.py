@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smolforge.engines.base import UNSERVABLE
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from smolforge.context import StageContext
 
 Record = dict[str, Any]
+# A stage's name names its checkpoint directory (stages/NN-<name>), so it is an
+# identifier: never a path that could lead out of the run directory.
+STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass
@@ -111,6 +117,14 @@ class Stage(BaseModel):
     # Columns a stage reads / adds; used to check a recipe before anything runs.
     # `None` from `provides()` means "not known until the data is read".
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str | None) -> str | None:
+        if v is not None and not STAGE_NAME.fullmatch(v):
+            raise ValueError("a stage name is a letter or _ then letters, digits, _ or - "
+                             "(at most 64; it names the stage's directory in the run)")
+        return v
+
     def requires(self) -> set[str]:
         return set()
 
@@ -124,6 +138,13 @@ class Stage(BaseModel):
         """Anything beyond the fields that changes the output (template file
         contents, engine identity). Part of the stage's resume fingerprint."""
         return None
+
+    def artefacts(self, ctx: StageContext) -> list[Path]:
+        """Files the stage writes besides its shards (a trained model), all inside
+        the run directory. The runner keeps their sha256 in the stage's `_DONE`
+        marker, as it does for shards, and recomputes the stage when one is
+        missing or no longer matches."""
+        return []
 
     def summary(self, out: Shards, ctx: StageContext) -> dict[str, Any] | None:
         """Figures about the stage's whole output that are not sums over shards

@@ -12,8 +12,8 @@ become percentile buckets (default 20) over the data, and the maximum is taken.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 from smolforge.classifier import (
     Classifier,
@@ -34,27 +34,29 @@ from smolforge.classifier import (
 from smolforge.context import StageContext, derive_seed
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
+from smolforge.store import RunDirError, atomic_write_json, run_path, run_path_problem
 
 log = logging.getLogger(__name__)
 
 
 def output_path(ctx: StageContext, path: str) -> Path:
-    """Where a stage writes a file: relative paths go into the run directory."""
-    p = Path(path).expanduser()
-    run_dir = getattr(ctx, "run_dir", None)
-    if p.is_absolute():
-        return p
-    return Path(run_dir) / p if run_dir is not None else ctx.resolve_path(p)
+    """Where a stage writes a file: inside the run directory, always (a relative
+    path, checked when the recipe is loaded and again here against links)."""
+    if ctx.run_dir is None:
+        raise ValueError(f"{path!r}: a stage writes files only inside a run directory")
+    return run_path(Path(ctx.run_dir), path)
 
 
 def input_path(ctx: StageContext, path: str) -> Path:
-    """A model to read: absolute, else in the run directory (trained by this run),
-    else relative to the recipe."""
-    p = Path(path).expanduser()
-    run_dir = getattr(ctx, "run_dir", None)
-    if not p.is_absolute() and run_dir is not None and (Path(run_dir) / p).exists():
-        return Path(run_dir) / p
-    return ctx.resolve_path(p)
+    """A model to read: in the run directory when a stage of the run wrote it
+    there (a relative path that stays inside), else the recipe's file, which the
+    path policy checks (absolute, or relative to the recipe)."""
+    run_dir = ctx.run_dir
+    if run_dir is not None and run_path_problem(path) is None:
+        with contextlib.suppress(RunDirError):
+            if (p := run_path(Path(run_dir), path)).exists():
+                return p
+    return ctx.resolve_path(Path(path).expanduser())
 
 
 def metrics_path(model_path: Path) -> Path:
@@ -86,7 +88,9 @@ class TrainClassifier(GlobalStage):
 
     Records without a numeric `label_column` are not used for training (so a judge
     can score a sample only). Writes the model to `model_path` and its held-out
-    metrics next to it (`<stem>.metrics.json`), both in the run directory."""
+    metrics next to it (`<stem>.metrics.json`), both in the run directory (a
+    relative `.npz` path that stays inside it), whose hashes the run keeps: a
+    damaged, deleted or swapped model is caught on resume and trained again."""
 
     type: Literal["train_classifier"] = "train_classifier"
     label_column: str = Field(description="the judge's score column to learn, e.g. edu_score")
@@ -98,7 +102,7 @@ class TrainClassifier(GlobalStage):
     )
     threshold: float = Field(3.0, description="keep threshold on the score, for F1")
     holdout: float = Field(0.2, ge=0, lt=1, description="share of labelled records held out")
-    model_path: str = Field("classifier.npz", description="model file (relative: run dir)")
+    model_path: str = Field("classifier.npz", description="model file, a .npz path in the run directory")
     alpha: float = Field(1.0, gt=0, description="ridge penalty")
     n_features: int = Field(1 << 20, ge=2, description="hash buckets (a power of two)")
     embed_model: str = Field("all-MiniLM-L6-v2", description="embed: sentence-transformers model")
@@ -106,8 +110,22 @@ class TrainClassifier(GlobalStage):
 
     _metrics: dict[str, Any] | None = PrivateAttr(None)
 
+    @field_validator("model_path")
+    @classmethod
+    def _inside_the_run(cls, v: str) -> str:
+        problem = run_path_problem(v)
+        if problem is None and not v.endswith(".npz"):
+            problem = "must end in .npz"
+        if problem is not None:
+            raise ValueError(f"model_path {problem} (the model is written in the run directory)")
+        return v
+
     def requires(self) -> set[str]:
         return {self.text_column, self.label_column}
+
+    def artefacts(self, ctx: StageContext) -> list[Path]:
+        model = output_path(ctx, self.model_path)
+        return [model, metrics_path(model)]
 
     def _featurize(self, texts: list[str]) -> SparseRows | np.ndarray:
         if self.features == "hash":
@@ -169,8 +187,7 @@ class TrainClassifier(GlobalStage):
         }
         path = model.save(output_path(ctx, self.model_path))
         metrics["model_path"] = str(path)
-        mpath = metrics_path(path)
-        mpath.write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(metrics_path(path), metrics)
         self._metrics = metrics
         held = metrics["heldout"] or {}
         log.info(
@@ -233,7 +250,11 @@ class Classify(GlobalStage):
                 p = input_path(ctx, m)
                 if not p.is_file():
                     raise FileNotFoundError(f"classify: model {m!r} not found (looked at {p})")
-                loaded.append(Classifier.load(p))
+                try:
+                    loaded.append(Classifier.load(p))
+                except ValueError as e:
+                    raise ValueError(f"classify: model {m!r}: {e}; train it again (re-run the "
+                                     "recipe with its train_classifier stage) or name another file") from None
             self._loaded = loaded
         return self._loaded
 
