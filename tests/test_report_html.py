@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, smolforge
 from test_report_stats import INJECTION, build_run
@@ -123,6 +124,55 @@ def test_report_shows_the_profile_sections(page):
         assert heading in text
     assert "SmolLM2-135M tokenizer" in text  # the bundled tokenizer counted the lengths
     assert "audience=experts | style=poem" in text  # a knob combination the filters removed entirely
+
+
+# Every text of every chart that reaches outside its chart's box (the SVG clips it).
+OUTSIDE = """svgs => svgs.flatMap(svg => {
+    const b = svg.getBoundingClientRect();
+    return Array.from(svg.querySelectorAll('text')).filter(t => {
+        const r = t.getBoundingClientRect();
+        return r.left < b.left - 0.5 || r.right > b.right + 0.5 || r.top < b.top - 0.5 || r.bottom > b.bottom + 0.5;
+    }).map(t => (svg.getAttribute('aria-label') || svg.id) + ': ' + t.textContent);
+})"""
+
+
+def test_every_chart_has_axis_titles(page):
+    charts = page.eval_on_selector_all("main svg", """svgs => svgs.map(s => [s.getAttribute('aria-label'),
+        (s.querySelector('text.sf-axis-x') || {}).textContent, (s.querySelector('text.sf-axis-y') || {}).textContent])""")
+    assert len(charts) >= 5
+    assert [c for c in charts if not (c[1] and c[2])] == []
+    titles = {c[0]: (c[1], c[2]) for c in charts}
+    assert titles["funnel"] == ("stage", "records")
+    assert titles["score (judge / classifier score)"] == ("score", "records")
+    assert titles["knob audience"] == ("audience", "records")
+
+
+def test_no_chart_label_is_clipped(page):
+    assert page.eval_on_selector_all("main svg", OUTSIDE) == []
+    # long labels, the first one included (rotated labels used to run off the left edge)
+    from smolforge.report.html import CSS, bars
+
+    styles = [("textbook (academic)", 12), ("textbook (narrative)", 3), ("children's story", 7), ("wikiHow", 1)]
+    ctx = page.context.browser.new_context()
+    pg = ctx.new_page()
+    pg.set_content(f"<html><head><style>{CSS}</style></head><body>" + bars(styles, "knob style") + bars(styles * 5, "knob style, 20 bars")
+                   + "</body></html>")
+    assert pg.eval_on_selector_all("svg", OUTSIDE) == []
+    ctx.close()
+
+
+def test_score_histogram_shows_kept_and_rejected(page, report):
+    out, _, _ = report
+    run = out.parent / "run"
+    kept = [r["score"] for r in pq.read_table(run / "data").to_pylist()]
+    rejected = [json.loads(r["record"])["score"] for r in pq.read_table(run / "rejects" / "rejects.parquet").to_pylist()]
+    titles = page.eval_on_selector_all("svg[aria-label='score (judge / classifier score)'] rect title",
+                                       "els => els.map(e => e.textContent)")
+    for v in range(6):
+        assert f"{v}: kept {kept.count(v)}" in titles
+        assert f"{v}: rejected {rejected.count(v)}" in titles
+    assert rejected.count(0) > 0 and kept.count(0) == 0  # the filter's drops are on the chart
+    assert f"rejected n={len(rejected)}" in page.inner_text("main")
 
 
 def test_not_a_run_is_an_error(tmp_path: Path):

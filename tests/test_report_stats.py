@@ -98,9 +98,15 @@ def test_profile_figures_against_independent_counts(demo):
     assert p["tokenizer"].startswith("approximate")
     assert p["lengths"]["n"] == len(texts)
     assert p["lengths"]["max"] == max(-(-len(t) // 4) for t in texts)
-    # judge-like score column: counts per integer value
-    assert {b["label"]: b["count"] for b in p["scores"]["score"]["bins"]} == {
-        f"{v:g}": sum(1 for r in data if r["score"] == v) for v in range(1, 6)}
+    # judge-like score column: counts per integer value, kept and rejected (every reject here carries
+    # its score: the 0s dropped by `scored`, the short, duplicate and contaminated records)
+    rejected = [json.loads(r["record"])["score"] for r in pq.read_table(run / "rejects" / "rejects.parquet").to_pylist()]
+    assert 0 in rejected
+    h = p["scores"]["score"]
+    assert {b["label"]: b["count"] for b in h["bins"]} == {
+        f"{v:g}": sum(1 for r in data if r["score"] == v) for v in range(0, 6)}
+    assert {b["label"]: b["rejected"] for b in h["bins"]} == {f"{v:g}": rejected.count(v) for v in range(0, 6)}
+    assert h["n"] == len(data) and h["min"] == 1 and h["rejected_n"] == len(rejected)  # the kept figures
     # dedup: one cluster of the kept record plus its three copies
     d = p["dedup_clusters"]["dedup"]
     assert d["clusters"] == 1 and d["removed"] == 3 and d["sizes"] == {4: 1}
@@ -137,6 +143,9 @@ def test_helpers_on_planted_cases():
     assert counts["a"]["x"] == 2 and counts["b"][2] == 1
     h = histogram([0.1, 0.2, 0.9, 1.0], bins=2)
     assert [b["count"] for b in h["bins"]] == [2, 2]
+    h = histogram([0.1, 0.2], bins=2, rejected=[0.9, 1.0, None])  # bins over both, counted apart
+    assert [(b["count"], b["rejected"]) for b in h["bins"]] == [(2, 0), (0, 2)]
+    assert h["n"] == 2 and h["max"] == 0.2 and h["rejected_n"] == 2
     d = Diversity()
     d.add("the cat the cat")
     r = d.result()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -95,29 +96,73 @@ def table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = 
     return "".join(out)
 
 
-def bars(items: list[tuple[str, float]], title: str, width: int = 460, color: str = "#4c8bf5") -> str:
+# Layout of bar labels, rotated by LABEL_ANGLE: an 11px label is at most CHAR_W
+# pixels a character wide, so its extent (and the margin it needs) is known here.
+CHAR_W, LABEL_CHARS, LABEL_ANGLE = 6.6, 18, 35
+KEPT_COLOR, REJECTED_COLOR = "#2da44e", "#cf222e"
+
+
+def bars(items: list[tuple[str, float]], title: str, width: int = 460, color: str = "#4c8bf5",
+         x_title: str = "", y_title: str = "records") -> str:
     """A static SVG bar chart (vertical bars, value on top, label below)."""
+    return stacked_bars([(label, [v]) for label, v in items], [("", color)], title, width, x_title, y_title)
+
+
+def stacked_bars(items: list[tuple[str, list[float]]], series: list[tuple[str, str]], title: str,
+                 width: int = 460, x_title: str = "", y_title: str = "records") -> str:
+    """Bars of several series stacked (`series`: name, colour; a legend when more than
+    one), the total on top, labels rotated below, axis titles on both axes. The
+    margins are sized from the labels, so none is cut off at the chart's edge."""
     if not items:
         return f"<p class='muted'>{esc(title)}: no values</p>"
-    h, pad, top = 170, 28, 18
     n = len(items)
-    bw = min(60, max(4, (width - 2 * pad) // n - 4))
-    hi = max(v for _, v in items) or 1
-    parts = [f'<svg role="img" aria-label="{esc(title)}" width="{width}" height="{h + 46}" '
-             f'viewBox="0 0 {width} {h + 46}" xmlns="http://www.w3.org/2000/svg">',
-             f'<text x="{pad}" y="12">{esc(title)}</text>']
-    for k, (label, v) in enumerate(items):
-        x = pad + k * (bw + 4)
-        bh = (h - top) * v / hi
-        y = h - bh
-        parts.append(f'<rect x="{x}" y="{y:.1f}" width="{bw}" height="{bh:.1f}" fill="{color}">'
-                     f'<title>{esc(label)}: {num(v)}</title></rect>')
-        parts.append(f'<text x="{x + bw / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">{num(v)}</text>')
-        if n <= 24:
-            parts.append(f'<text x="{x + bw / 2:.1f}" y="{h + 14}" text-anchor="end" '
-                         f'transform="rotate(-35 {x + bw / 2:.1f} {h + 14})">{esc(label[:18])}</text>')
-    parts.append(f'<line x1="{pad}" y1="{h}" x2="{width - pad}" y2="{h}" stroke="#888"/></svg>')
+    cos, sin = math.cos(math.radians(LABEL_ANGLE)), math.sin(math.radians(LABEL_ANGLE))
+    labels = [label[:LABEL_CHARS] for label, _ in items] if n <= 24 else []
+    longest = max((len(t) for t in labels), default=0) * CHAR_W
+    bw = min(60, max(4, (width - 52) // n - 4))
+    # a label ends under its bar's centre and runs left: the first one sets the left margin
+    first = len(labels[0]) * CHAR_W * cos + 11 * sin if labels else 0
+    left = max(40, math.ceil(first - bw / 2) + 4)
+    top, ph = (40 if len(series) > 1 else 28), 150
+    axis = top + ph
+    bottom = 14 + math.ceil(longest * sin + 11 * cos) + 22
+    w, h = max(width, left + n * (bw + 4) + 12), axis + bottom
+    hi = max(sum(vs) for _, vs in items) or 1
+    parts = [f'<svg role="img" aria-label="{esc(title)}" width="{w}" height="{h}" '
+             f'viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">',
+             f'<text x="{left}" y="12">{esc(title)}</text>']
+    if len(series) > 1:
+        x = left
+        for (name, color), total in zip(series, (sum(vs[k] for _, vs in items) for k in range(len(series)))):
+            parts.append(f'<rect x="{x}" y="19" width="10" height="10" fill="{color}"/>'
+                         f'<text x="{x + 14}" y="28">{esc(name)} ({num(total)})</text>')
+            x += 14 + math.ceil((len(name) + 8) * CHAR_W)
+    for k, (label, vs) in enumerate(items):
+        x = left + k * (bw + 4)
+        y = float(axis)
+        for (name, color), v in zip(series, vs):
+            bh = ph * v / hi
+            y -= bh
+            what = f"{name} {num(v)}" if name else num(v)
+            parts.append(f'<rect x="{x}" y="{y:.1f}" width="{bw}" height="{bh:.1f}" fill="{color}">'
+                         f'<title>{esc(label)}: {what}</title></rect>')
+        parts.append(f'<text x="{x + bw / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">{num(sum(vs))}</text>')
+        if labels:
+            parts.append(f'<text x="{x + bw / 2:.1f}" y="{axis + 14}" text-anchor="end" '
+                         f'transform="rotate(-{LABEL_ANGLE} {x + bw / 2:.1f} {axis + 14})">{esc(labels[k])}</text>')
+    right = left + n * (bw + 4)
+    parts.append(f'<line x1="{left - 4}" y1="{axis}" x2="{right}" y2="{axis}" stroke="#888"/>'
+                 f'<line x1="{left - 4}" y1="{top}" x2="{left - 4}" y2="{axis}" stroke="#888"/>')
+    parts.append(_axis_titles(x_title, y_title, (left + right) / 2, h - 5, top + ph / 2))
+    parts.append("</svg>")
     return "".join(parts)
+
+
+def _axis_titles(x_title: str, y_title: str, x: float, y: float, y_mid: float) -> str:
+    """The x-axis title centred at (x, y); the y-axis title along the left edge."""
+    return (f'<text class="sf-axis-x" x="{x:.1f}" y="{y:.1f}" text-anchor="middle" fill="#57606a">'
+            f'{esc(x_title)}</text><text class="sf-axis-y" x="13" y="{y_mid:.1f}" text-anchor="middle" '
+            f'fill="#57606a" transform="rotate(-90 13 {y_mid:.1f})">{esc(y_title)}</text>')
 
 
 def waterfall(funnel: list[dict], width: int = 1000) -> str:
@@ -131,8 +176,8 @@ def waterfall(funnel: list[dict], width: int = 1000) -> str:
     bw = min(80, slot * 0.6)
     hi = max(max(r["out"] + r["rejected"], r["in"]) for r in funnel) or 1
     sy = (h - top) / hi
-    parts = [f'<svg id="sf-waterfall" role="img" aria-label="funnel" width="{width}" height="{h + 60}" '
-             f'viewBox="0 0 {width} {h + 60}" xmlns="http://www.w3.org/2000/svg">']
+    parts = [f'<svg id="sf-waterfall" role="img" aria-label="funnel" width="{width}" height="{h + 58}" '
+             f'viewBox="0 0 {width} {h + 58}" xmlns="http://www.w3.org/2000/svg">']
     prev_y = None
     for k, r in enumerate(funnel):
         x = pad + k * slot + (slot - bw) / 2
@@ -155,15 +200,26 @@ def waterfall(funnel: list[dict], width: int = 1000) -> str:
         parts.append(f'<text x="{x + bw / 2:.1f}" y="{h + 16}" text-anchor="middle">{esc(r["stage"][:16])}</text>')
         parts.append(f'<text x="{x + bw / 2:.1f}" y="{h + 30}" text-anchor="middle" fill="#57606a">'
                      f'{esc(r["type"] or "")}</text>')
-    parts.append(f'<line x1="{pad}" y1="{h}" x2="{width - pad}" y2="{h}" stroke="#888"/></svg>')
+    parts.append(f'<line x1="{pad}" y1="{h}" x2="{width - pad}" y2="{h}" stroke="#888"/>')
+    parts.append(_axis_titles("stage", "records", width / 2, h + 50, top + (h - top) / 2))
+    parts.append("</svg>")
     return "".join(parts)
 
 
-def _hist(title: str, h: dict) -> str:
-    items = [(b["label"], b["count"]) for b in h.get("bins", [])]
-    extra = (f"<p class='muted'>n={h['n']}, mean={num(h.get('mean'))}, median={num(h.get('median'))}, "
+def _hist(title: str, h: dict, x_title: str) -> str:
+    """A histogram of `histogram`'s bins; with rejected counts in them, kept and
+    rejected records stacked (where a threshold cut shows)."""
+    binned = h.get("bins", [])
+    if any(b.get("rejected") for b in binned):
+        chart = stacked_bars([(b["label"], [b["count"], b["rejected"]]) for b in binned],
+                             [("kept", KEPT_COLOR), ("rejected", REJECTED_COLOR)], title, x_title=x_title)
+    else:
+        chart = bars([(b["label"], b["count"]) for b in binned], title, x_title=x_title)
+    extra = (f"<p class='muted'>kept n={h['n']}, mean={num(h.get('mean'))}, median={num(h.get('median'))}, "
              f"min={num(h.get('min'))}, max={num(h.get('max'))}</p>") if h.get("n") else ""
-    return f"<div>{bars(items, title)}{extra}</div>"
+    if h.get("rejected_n"):
+        extra += f"<p class='muted'>rejected n={h['rejected_n']} (dropped after they were scored)</p>"
+    return f"<div>{chart}{extra}</div>"
 
 
 def render(summary: dict, prof: dict) -> str:
@@ -241,14 +297,15 @@ def render(summary: dict, prof: dict) -> str:
         add("<h3>Duplicate clusters</h3><p class='muted'>cluster = a kept record and the rejects naming it.</p>")
         for st, d in p["dedup_clusters"].items():
             add(f"<p>{esc(st)}: {d['clusters']} cluster(s), {d['removed']} record(s) removed</p>")
-            add(bars([(f"size {k}", v) for k, v in d["sizes"].items()], f"{st}: clusters by size", 360))
+            add(bars([(f"size {k}", v) for k, v in d["sizes"].items()], f"{st}: clusters by size", 360,
+                     x_title="cluster size (records)", y_title="clusters"))
             add(table(["kept record", "cluster size"], [[x["kept"], x["size"]] for x in d["largest"]], {1}))
 
     add("<h2 id='scores'>Scores and lengths</h2><div class='grid'>")
     for c, h in p["scores"].items():
-        add(_hist(f"{c} (judge / classifier score)", h))
+        add(_hist(f"{c} (judge / classifier score)", h, "score"))
     for c, f in p["columns"].items():
-        add(_hist(f"length of {c} in tokens", f["lengths"]))
+        add(_hist(f"length of {c} in tokens", f["lengths"], "tokens"))
     profiled = ", ".join(f"{c}: {f['text_records_profiled']}" for c, f in p["columns"].items()) or "no text column"
     add(f"</div><p class='muted'>tokens: {esc(p['tokenizer'])}; text figures on {esc(profiled)} "
         f"of {p['records']} records (at most {p['max_records']} each).</p>")
@@ -265,7 +322,7 @@ def render(summary: dict, prof: dict) -> str:
         add(table(["combination", "records kept", "records generated"],
                   [[k["combination"], k["count"], k["generated"]] for k in cov["kept"][:60]], {1, 2}))
     for knob, values in s.get("knobs", {}).items():
-        add(bars([(str(v), n) for v, n in values], f"knob {knob}", 420, "#8250df"))
+        add(bars([(str(v), n) for v, n in values], f"knob {knob}", 420, "#8250df", x_title=str(knob)))
 
     if p["teachers"]:
         add("<h2 id='teachers'>Teachers</h2>")

@@ -2,9 +2,10 @@
 
 `summarize` is what `show` prints (and `show --json` emits): stages, the funnel,
 rejects by stage and rule, knobs, teachers and their licences. `profile` adds what
-the HTML report and the dataset card show: score histograms, lengths in tokens,
-knob coverage, per-teacher figures, diversity, AI proxy words, dedup clusters and a
-sample of records and rejects. Both read the data batch by batch, so memory stays
+the HTML report and the dataset card show: score histograms (kept records and the
+rejects that carry the score), lengths in tokens, knob coverage, per-teacher
+figures, diversity, AI proxy words, dedup clusters and a sample of records and
+rejects. Both read the data batch by batch, so memory stays
 bounded for big runs; text statistics stop after `max_records` records (said in the
 output).
 """
@@ -425,26 +426,42 @@ def approx_tokens(text: str) -> int:
     return math.ceil(len(text or "") / 4)
 
 
-def histogram(values: list[float], bins: int = 10) -> dict:
-    """Counts per value for small integer ranges (judge scores), else `bins` equal bins."""
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
+def histogram(values: list[float], bins: int = 10, rejected: list[float] | None = None) -> dict:
+    """Counts per value for small integer ranges (judge scores), else `bins` equal bins.
+    With `rejected` (the scores of dropped records), the bins span both and each bin
+    also counts the rejected ones (`rejected`), so a chart shows where a threshold cut;
+    n, mean, median, min and max stay those of `values`."""
+
+    def clean(vs: list[float]) -> list[float]:
+        return [float(v) for v in vs if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+    vals, rej = clean(values), clean(rejected or [])
+    both = vals + rej
+    if not both:
         return {"n": 0, "bins": []}
-    lo, hi = min(vals), max(vals)
-    stats = {"n": len(vals), "min": lo, "max": hi, "mean": round(statistics.fmean(vals), 4),
-             "median": statistics.median(vals)}
-    if all(v.is_integer() for v in vals) and hi - lo <= 20:
-        c = Counter(vals)
-        stats["bins"] = [{"lo": v, "hi": v, "label": f"{v:g}", "count": c.get(v, 0)}
-                         for v in (lo + k for k in range(int(hi - lo) + 1))]
-        return stats
-    width = (hi - lo) / bins or 1.0
-    counts = [0] * bins
-    for v in vals:
-        counts[min(int((v - lo) / width), bins - 1)] += 1
-    stats["bins"] = [{"lo": round(lo + k * width, 4), "hi": round(lo + (k + 1) * width, 4),
-                      "label": f"{lo + k * width:.3g}-{lo + (k + 1) * width:.3g}", "count": n}
-                     for k, n in enumerate(counts)]
+    stats: dict[str, Any] = {"n": len(vals)}
+    if vals:
+        stats.update({"min": min(vals), "max": max(vals), "mean": round(statistics.fmean(vals), 4),
+                      "median": statistics.median(vals)})
+    if rejected is not None:
+        stats["rejected_n"] = len(rej)
+    lo, hi = min(both), max(both)
+    if all(v.is_integer() for v in both) and hi - lo <= 20:
+        edges = [(lo + k, lo + k, f"{lo + k:g}") for k in range(int(hi - lo) + 1)]
+
+        def slot(v: float) -> int:
+            return int(v - lo)
+    else:
+        width = (hi - lo) / bins or 1.0
+        edges = [(round(lo + k * width, 4), round(lo + (k + 1) * width, 4),
+                  f"{lo + k * width:.3g}-{lo + (k + 1) * width:.3g}") for k in range(bins)]
+
+        def slot(v: float) -> int:
+            return min(int((v - lo) / width), bins - 1)
+    kept_n, rej_n = Counter(slot(v) for v in vals), Counter(slot(v) for v in rej)
+    stats["bins"] = [{"lo": a, "hi": b, "label": label, "count": kept_n[k],
+                      **({"rejected": rej_n[k]} if rejected is not None else {})}
+                     for k, (a, b, label) in enumerate(edges)]
     return stats
 
 
@@ -584,6 +601,7 @@ def profile(run_dir: str | Path, *, column: str | None = None, tokenizer: str = 
     schema = pq.read_schema(files[0]) if files else pa.schema([])
     scores = _score_columns(schema, recipe)
     score_vals: dict[str, list] = {c: [] for c in scores}
+    rejected_scores: dict[str, list] = {c: [] for c in scores}
     tok = Tokens(tokenizer)
     cols = text_columns(schema, recipe, column)
     per_col = {c: {"lengths": [], "div": Diversity(), "proxy": ProxyCounter(), "seen": 0} for c in cols}
@@ -640,6 +658,9 @@ def profile(run_dir: str | Path, *, column: str | None = None, tokenizer: str = 
         meta = rec.get("meta") if isinstance(rec, dict) and isinstance(rec.get("meta"), dict) else {}
         for t in teachers_of(meta):
             rej_teacher[teacher_key(t)] += 1
+        for c in scores:  # a record dropped after it was scored: where the cut fell
+            if isinstance(rec, dict) and isinstance(rec.get(c), (int, float)) and not isinstance(rec[c], bool):
+                rejected_scores[c].append(rec[c])
         key = reject_key(r["stage"], r["reason"])
         if per_rule[key] < rejects_per_rule and len(reject_samples) < max_rejects:
             per_rule[key] += 1
@@ -704,7 +725,7 @@ def profile(run_dir: str | Path, *, column: str | None = None, tokenizer: str = 
         "max_records": max_records,
         "tokenizer": tok.name,
         "lengths": first["lengths"],
-        "scores": {c: histogram(v) for c, v in score_vals.items()},
+        "scores": {c: histogram(v, rejected=rejected_scores[c]) for c, v in score_vals.items()},
         "diversity": first["diversity"],
         "proxy_words": first["proxy_words"],
         "teachers": teachers,
