@@ -209,20 +209,27 @@ def _done(out: Path, stage: str) -> int:
     return len(list((out / "stages").glob(f"*-{stage}/shard-*.done"))) if (out / "stages").exists() else 0
 
 
-def test_a_killed_worker_and_a_killed_driver(cluster, llm_ref, tmp_path):
-    recipe, local = llm_ref
-    out = tmp_path / "ray"
+def _run_and_kill(cluster, recipe: Path, out: Path, victims) -> tuple[subprocess.Popen, int | None]:
+    """Start a Ray run of `recipe`; once its generate stage has committed a shard,
+    SIGKILL the first process `victims()` names. Returns the run and the pid killed."""
     p = cluster.popen([sys.executable, "-m", "smolforge.cli", "run", str(recipe), "--out", str(out),
                        "--quiet", "--executor", "ray", "--address", cluster.address],
                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed = None
     deadline = time.time() + 300
-    while killed is None and p.poll() is None and time.time() < deadline:
-        busy = _pids("ray::StageWorker.map_shard")  # an engine actor computing a shard
-        if busy and _done(out, "generate") >= 1:
-            killed = busy[0]
-            os.kill(killed, signal.SIGKILL)
+    while p.poll() is None and time.time() < deadline:
+        pids = victims()
+        if pids and _done(out, "generate") >= 1:
+            os.kill(pids[0], signal.SIGKILL)
+            return p, pids[0]
         time.sleep(0.02)
+    return p, None
+
+
+def test_a_killed_worker_and_a_killed_driver(cluster, llm_ref, tmp_path):
+    recipe, local = llm_ref
+    out = tmp_path / "ray"
+    # an engine actor computing a shard
+    p, killed = _run_and_kill(cluster, recipe, out, lambda: _pids("ray::StageWorker.map_shard"))
     assert killed is not None, "no engine actor was caught computing a shard"
     done_at_kill = _done(out, "generate")
     assert p.wait(timeout=400) == 0, p.stderr.read()[-3000:]
@@ -239,7 +246,8 @@ def test_a_killed_worker_and_a_killed_driver(cluster, llm_ref, tmp_path):
     p = cluster.popen([sys.executable, "-m", "smolforge.cli", "run", str(recipe), "--out", str(out2),
                        "--quiet", "--executor", "ray", "--address", cluster.address],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while p.poll() is None and _done(out2, "generate") < 2 and time.time() < deadline + 200:
+    deadline = time.time() + 300
+    while p.poll() is None and _done(out2, "generate") < 2 and time.time() < deadline:
         time.sleep(0.02)
     drivers = [pid for pid in _pids(str(out2)) if "nsenter" not in _cmdline(pid)]
     assert drivers, "the driver had already exited"
@@ -291,17 +299,8 @@ def test_a_killed_cache_actor_is_restarted_and_the_run_completes(cluster, llm_re
     uninterrupted one (before: the run failed with Ray's raw ActorDiedError)."""
     recipe, local = llm_ref
     out = tmp_path / "ray"
-    p = cluster.popen([sys.executable, "-m", "smolforge.cli", "run", str(recipe), "--out", str(out),
-                       "--quiet", "--executor", "ray", "--address", cluster.address],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed = None
-    deadline = time.time() + 300
-    while killed is None and p.poll() is None and time.time() < deadline:
-        cache = [pid for pid in _pids("ray::CacheServer") if "nsenter" not in _cmdline(pid)]
-        if cache and _done(out, "generate") >= 1:
-            killed = cache[0]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
+    p, killed = _run_and_kill(cluster, recipe, out, lambda: [
+        pid for pid in _pids("ray::CacheServer") if "nsenter" not in _cmdline(pid)])
     assert killed is not None, "the cache actor was not caught during the generate stage"
     assert _done(out, "generate") < len(TOPICS)  # the kill landed before the stage finished
     assert p.wait(timeout=400) == 0, p.stderr.read()[-3000:]
