@@ -110,10 +110,13 @@ def _cpu() -> str:
     except OSError:
         return platform.processor() or platform.machine()
     name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
+    fam = re.search(r"^cpu family\s*:\s*(\d+)$", info, re.M)
+    model = re.search(r"^model\s*:\s*(\d+)$", info, re.M)
     flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split())
     keep = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
             if f in flags]
-    return f"{name.group(1) if name else platform.machine()} [{' '.join(keep)}]"
+    kind = f" (family {fam.group(1)} model {model.group(1)})" if fam and model else ""
+    return f"{name.group(1) if name else platform.machine()}{kind} [{' '.join(keep)}]"
 
 
 if __name__ == "__main__":  # rewrite the golden file with this machine's build
