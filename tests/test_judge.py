@@ -177,12 +177,15 @@ def test_sample_rate_judges_a_deterministic_share(tmp_path):
 
 
 def test_engine_error_rejects_with_the_engine_and_its_error(tmp_path):
-    with canned_server(lambda b: Fault.http(400)) as server:
-        run = sf.run(Recipe.from_dict({"name": "err", "stages": [
+    """The API raises (the CLI's exit 1: re-run to retry), and the run it carries has the
+    record in its rejects, naming the engine and its error."""
+    with canned_server(lambda b: Fault.http(400)) as server, pytest.raises(sf.EngineFailures) as failed:
+        sf.run(Recipe.from_dict({"name": "err", "stages": [
             {"type": "items", "items": DOCS[:1]},
             {"type": "judge", "template": "Rate 0-5: {{ text }}", "column": "s", "max_tokens": 4,
              "engine": openai(server.url, "m")}]}), out=tmp_path / "e")
-    assert run.data().num_rows == 0
+    run = failed.value.run
+    assert failed.value.exit_code == 1 and run.data().num_rows == 0
     (rej,) = run.rejects().to_pylist()
     assert rej["reason"].startswith("engine error (openai): HTTP 400")
 
