@@ -64,3 +64,21 @@ def test_resume_on_another_build_warns_naming_both_and_keeps_the_data(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in shards} == shards
     rows = pq.read_table(out / "data").to_pylist()
     assert {r["text"] for r in rows} == texts and all(r["word"] is not None for r in rows)
+
+
+def test_high_level_llama_processes_a_multi_token_prompt():
+    """The crash of the native build on AVX-512/AMX Xeons (issue #20): llama-cpp-python's
+    own `Llama`, default settings (repacked weights, extra buffer types on), a prompt of
+    many tokens in one batch. In a child process, so a fault is a failed exit code and a
+    message, not a dead test run; the server (`llama_server` fixture) takes this path too."""
+    code = (
+        "from llama_cpp import Llama\n"
+        "from smolforge.engines.models import resolve_model_path\n"
+        "llm = Llama(model_path=str(resolve_model_path('smollm2-135m')), n_ctx=1024, verbose=False)\n"
+        "out = llm.create_completion('Hello there, how are you doing today my friend', max_tokens=4)\n"
+        "print(out['usage']['prompt_tokens'], out['usage']['completion_tokens'])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr[-2000:]}"
+    prompt_tokens, completion_tokens = map(int, p.stdout.split())
+    assert prompt_tokens > 8 and 1 <= completion_tokens <= 4
