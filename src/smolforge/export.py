@@ -14,14 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from smolforge.errors import ExportError
 from smolforge.store import atomic_file, data_files, read_data
 
 FORMATS = ("jsonl", "parquet", "chat", "hf", "dpo", "kto", "grpo")
 SPLIT_COLUMN = "split"
-
-
-class ExportError(ValueError):
-    pass
 
 
 def select_split(table: pa.Table, split: str) -> pa.Table:

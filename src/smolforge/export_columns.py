@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smolforge.columns import RESPONSE_NAMES, run_declared
-from smolforge.export import ExportError
+from smolforge.errors import ExportError
 from smolforge.store import data_files
 
 TRAINING_FORMATS = ("chat", "dpo", "kto", "grpo")

@@ -51,7 +51,7 @@ VERIFIERS: list[Verifier] = [
 
 
 def pick_verifier(columns: list[str], name: str | None = None) -> Verifier:
-    from smolforge.export import ExportError
+    from smolforge.errors import ExportError
 
     if name is not None:
         for v in VERIFIERS:
@@ -72,7 +72,7 @@ def pick_verifier(columns: list[str], name: str | None = None) -> Verifier:
 def to_grpo(table: pa.Table, prompt_column: str = "prompt", system_column: str | None = None,
             verifier: str | None = None) -> pa.Table:
     """Prompt-only conversational records with `ground_truth` and `dataset`."""
-    from smolforge.export import ExportError
+    from smolforge.errors import ExportError
     from smolforge.store import has_empty_struct, plain_rows
 
     cols = table.column_names

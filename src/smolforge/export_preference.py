@@ -23,7 +23,7 @@ PREFERENCE_FORMATS = ("dpo", "kto")
 
 
 def _columns(table: pa.Table, needed: list[str | None]) -> None:
-    from smolforge.export import ExportError
+    from smolforge.errors import ExportError
 
     cols = table.column_names
     missing = [c for c in needed if c and c not in cols]
