@@ -332,6 +332,7 @@ def test_reward_model_over_pooling_api(tmp_path, pooling_server):
         {"text": "good good", "teacher": "a"}, {"text": "bad", "teacher": "b"}, {"text": "good token", "teacher": "a"}]},
         {"prompt": "Again.", "candidates": [{"text": "x y z", "teacher": "a"}, {"text": "boom", "teacher": "b"}]}]
     PoolingHandler.fail = {"boom"}
+    PoolingHandler.seen.clear()  # requests arrive concurrently: nothing below relies on their order
     recipe = {"name": "rw", "seed": 1, "shard_size": 4, "stages": [
         {"type": "items", "items": items},
         {"type": "rate", "method": "reward", "reward": {"url": pooling_server, "model": "rm", "retries": 1}},
@@ -348,7 +349,7 @@ def test_reward_model_over_pooling_api(tmp_path, pooling_server):
     run = sf.run(recipe, tmp_path / "run")  # the retry: only the failed answer goes out again (cache)
     assert [b["messages"][-1]["content"] for _, b in PoolingHandler.seen[n_before:]] == ["boom"]
     assert run.manifest["status"] == "done"
-    path, body = PoolingHandler.seen[0]
+    path, body = next((p, b) for p, b in PoolingHandler.seen if b["messages"][-1]["content"] == "good good")
     assert path == "/pooling" and body["model"] == "rm"
     assert body["messages"][0] == {"role": "system", "content": "sys"}
     assert body["messages"][1] == {"role": "user", "content": "Be good."} and body["messages"][2]["role"] == "assistant"
