@@ -487,7 +487,15 @@ def test_only_what_the_runner_needs_of_the_host_is_visible(sb):
 
 
 def _cgroups(prefix: str) -> list[Path]:
-    return [d for d in Path("/sys/fs/cgroup").glob(f"*/**/smolforge-{prefix}-*") if d.is_dir()]
+    """The sandbox cgroups whose name starts with `prefix`. A walk that ignores a
+    directory vanishing under it: the groups are being removed while we look."""
+    found = []
+    for root, dirs, _ in os.walk("/sys/fs/cgroup"):  # os.walk skips what it cannot list
+        for d in [d for d in dirs if d.startswith("smolforge-")]:
+            dirs.remove(d)  # not into a sandbox's own group
+            if d.startswith(f"smolforge-{prefix}-"):
+                found.append(Path(root) / d)
+    return found
 
 
 def test_no_cgroup_is_left_behind(tmp_path):

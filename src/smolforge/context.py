@@ -8,58 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from smolforge.engines.base import Engine, Request, Response
 from smolforge.engines.cache import CacheStats, ResponseCache, cached_generate
+from smolforge.paths import PACKAGE_DIR, PathNotAllowed, check_inside, default_roots  # noqa: F401 - re-exported
 from smolforge.registry import engines as engine_registry
 
 EngineSpec = str | dict[str, Any] | Engine
-
-# smolforge's own files (built-in recipes, templates, rubrics) are always readable.
-PACKAGE_DIR = Path(str(resources.files("smolforge"))).resolve()
-
-
-class PathNotAllowed(ValueError):
-    """A file a recipe names lies outside every allowed folder."""
-
-
-def default_roots(recipe_dir: Path, extra: Iterable[str | Path] = ()) -> tuple[Path, ...]:
-    """Folders a recipe may read from: its own folder, the working directory,
-    smolforge's package, and any `allow_paths:` / `--allow-path` folders."""
-    roots = [Path(recipe_dir), Path.cwd(), PACKAGE_DIR, *(Path(e).expanduser() for e in extra)]
-    out: list[Path] = []
-    for r in roots:
-        r = Path(os.path.realpath(r if r.is_absolute() else Path(recipe_dir) / r))
-        if r not in out:
-            out.append(r)
-    return tuple(out)
-
-
-def check_inside(path: Path, roots: Sequence[Path], shown: str | None = None) -> Path:
-    """`path` with symlinks and `..` resolved, if it lies inside one of `roots`
-    (resolved the same way); else PathNotAllowed, naming `shown` (the path as the
-    recipe wrote it, quoted). Resolving first is what stops `data/../../etc/passwd` and a
-    symlink pointing out of the folder."""
-    real = Path(os.path.realpath(path))
-    for root in roots:
-        root = Path(os.path.realpath(root))
-        if real == root or real.is_relative_to(root):
-            return real
-    label = shown if shown is not None else repr(str(path))
-    if real != Path(os.path.normpath(os.path.abspath(path))):  # a symlink: say where it points
-        label += f" -> {str(real)!r}"
-    raise PathNotAllowed(
-        f"{label} is outside the recipe folder and the working directory; "
-        "add it to allow_paths or pass --allow-path"
-    )
-
 
 def build_engine(spec: EngineSpec) -> Engine:
     """`"llamacpp"` or `{"type": "llamacpp", "model": ...}` -> a validated Engine."""
@@ -153,7 +113,7 @@ class StageContext:
         try:
             check_inside(p, roots, repr(str(path)))
         except PathNotAllowed as e:
-            from smolforge.recipe import RecipeError
+            from smolforge.errors import RecipeError
 
             raise RecipeError([str(e)]) from None
         return p

@@ -26,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from smolforge.context import PACKAGE_DIR, PathNotAllowed, check_inside, default_roots
+from smolforge.errors import RecipeError
+from smolforge.paths import PACKAGE_DIR, PathNotAllowed, check_inside, default_roots
 from smolforge.registry import UnknownName, closest
 from smolforge.registry import stages as stage_registry
 from smolforge.stages.base import SourceStage, Stage
@@ -34,14 +35,6 @@ from smolforge.templates import TemplateError, template_variables
 
 BUILTIN_DIR = Path(str(resources.files("smolforge") / "recipes"))
 ALWAYS_COLUMNS = {"id", "meta"}
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run; `problems` is one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class Target(BaseModel):

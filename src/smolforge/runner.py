@@ -11,8 +11,6 @@ response are reused.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import platform
@@ -46,6 +44,7 @@ from smolforge.store import (
     StageDir,
     append_rows,
     atomic_write_bytes,
+    fingerprint_hash,
     load_manifest,
     plain_rows,
     read_data,
@@ -289,7 +288,7 @@ class Runner:
         """Bring every recipe stage up to date (all shards committed and sound)."""
         done: list[tuple[Any, str, StageDir]] = []
         self._done = done
-        fp = _hash({"seed": self.recipe.seed, "shard_size": self.recipe.shard_size, "limit": self.limit})
+        fp = fingerprint_hash({"seed": self.recipe.seed, "shard_size": self.recipe.shard_size, "limit": self.limit})
         n_shards = 0
         resumed: list[tuple[str, int]] | None = [] if first else None  # stages found done
         prev: StageDir | None = None
@@ -310,7 +309,7 @@ class Runner:
     def _step(self, i: int, stage: Any, name: str, fp: str, prev: StageDir | None, n_in: int,
               base: StageContext, attempt: dict, resumed: list | None):
         ctx = base.for_stage(name)
-        fp = _hash([fp, stage.fingerprint(ctx)])
+        fp = fingerprint_hash([fp, stage.fingerprint(ctx)])
         sdir = self.store.stage_dir(i, name, fp)
         if i == 0 and self.rounds is not None and self.rounds.source_stale(fp, sdir):
             sdir.unmark_done()
@@ -362,7 +361,7 @@ class Runner:
         if isinstance(stage, SourceStage):
             inputs: dict[int, str | None] = {j: None for j in shards}
         elif isinstance(stage, GlobalStage):
-            digest = _hash([prev.digest(j) for j in range(n_in)]) if prev else None
+            digest = fingerprint_hash([prev.digest(j) for j in range(n_in)]) if prev else None
             inputs = {j: digest for j in shards}
         else:
             inputs = {j: prev.digest(j) if prev and j < n_in else "gone" for j in shards}
@@ -555,7 +554,7 @@ class Runner:
         if self.store.orphan:
             self.warn(f"{self.store.manifest_path}: missing; resuming from the checkpoints in "
                       "stages/ (each verified by its hash); the earlier attempts' history is lost")
-        recipe_hash = _hash(self.recipe.model_dump(mode="json"))
+        recipe_hash = fingerprint_hash(self.recipe.model_dump(mode="json"))
         manifest.setdefault("started_at", _now())
         manifest.setdefault("attempts", [])
         manifest.update(
@@ -644,10 +643,6 @@ def _records_out(sdir: StageDir, n: int | None = None) -> int:
     """Records a stage kept over its first `n` shards (default: all it has done)."""
     n = sdir.done["shards"] if n is None else n
     return sum(sdir.shard_stats(j)["out"] for j in range(n))
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _now() -> str:

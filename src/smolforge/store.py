@@ -47,7 +47,8 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smolforge.stages.base import STAGE_NAME, Record, Reject
+from smolforge.paths import STAGE_NAME
+from smolforge.records import Record, Reject
 
 RUN_FORMAT = "smolforge-run/1"
 # What smolforge writes into a stage directory; nothing else there is ever deleted.
@@ -738,3 +739,9 @@ def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             cols.append(pa.nulls(t.num_rows, field.type))
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def fingerprint_hash(obj: Any) -> str:
+    """A short, stable hash of any JSON-able value: the chain of stage fingerprints
+    (runner) and a stage's input digest (executors) use it, so both live here."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

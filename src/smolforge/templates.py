@@ -363,8 +363,8 @@ def load_source(
         path = Path(template_file).expanduser()
         path = path if path.is_absolute() else base_dir / path
         if roots is not None:
-            from smolforge.context import PathNotAllowed, check_inside
-            from smolforge.recipe import RecipeError
+            from smolforge.errors import RecipeError
+            from smolforge.paths import PathNotAllowed, check_inside
 
             try:
                 check_inside(path, roots, repr(template_file))

@@ -20,7 +20,7 @@ import pyarrow as pa
 from smolforge.context import EnginePool, EngineSpec, StageContext
 from smolforge.engines.base import Engine
 from smolforge.stages.base import GlobalStage, MapStage, Result, Shards, Stage
-from smolforge.store import StageDir
+from smolforge.store import StageDir, fingerprint_hash
 
 Advance = Callable[[int], None]  # records of a finished shard, for the progress bar
 
@@ -114,9 +114,8 @@ def compute_map_shard(stage: MapStage, name: str, sdir: StageDir, prev: StageDir
 
 
 def input_digest(prev: StageDir, n_in: int) -> str:
-    from smolforge.runner import _hash
 
-    return _hash([prev.digest(j) for j in range(n_in)])
+    return fingerprint_hash([prev.digest(j) for j in range(n_in)])
 
 
 def compute_global(stage: GlobalStage, name: str, sdir: StageDir, prev: StageDir, n_in: int,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,23 +23,13 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smolforge.engines.base import UNSERVABLE
+from smolforge.paths import STAGE_NAME  # noqa: F401 - re-exported
+from smolforge.records import Record, Reject  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from smolforge.context import StageContext
-
-Record = dict[str, Any]
-# A stage's name names its checkpoint directory (stages/NN-<name>), so it is an
-# identifier: never a path that could lead out of the run directory.
-STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-
-
-@dataclass
-class Reject:
-    record: Record
-    reason: str
-
 
 def is_engine_error(reason: str) -> bool:
     """Whether a reject was caused by an engine failure (server down, timeout, bad
