@@ -131,7 +131,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from smolforge.context import EnginePool, StageContext
-    from smolforge.stages.classify import Classify, TrainClassifier
+    from smolforge.stages.judges.classify import Classify, TrainClassifier
 
     docs = stdlib_docstrings()
     records = [{"id": f"d{i}", "text": t, "edu_score": rule_score(t), "meta": {}}

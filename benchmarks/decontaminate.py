@@ -57,7 +57,7 @@ import unicodedata
 from pathlib import Path
 
 from smolforge.context import EnginePool, StageContext
-from smolforge.stages.decontaminate import Decontaminate, word_grams
+from smolforge.stages.curate.decontaminate import Decontaminate, word_grams
 from smolforge.text import normalize
 
 _FULLWIDTH = str.maketrans({c: chr(ord(c) + 0xFEE0) for c in

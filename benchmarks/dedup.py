@@ -236,7 +236,7 @@ def run_smolforge_stage(data: Path, work: Path) -> list[str]:
 
     from smolforge.context import EnginePool, StageContext
     from smolforge.stages.base import Shards
-    from smolforge.stages.dedup import Dedup
+    from smolforge.stages.curate.dedup import Dedup
 
     files = _shard_files(data)
 

@@ -32,7 +32,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from smolforge.stages.heuristics import C4Filter, FineWebFilter, GopherQuality, GopherRepetition
+from smolforge.stages.quality.heuristics import (
+    C4Filter,
+    FineWebFilter,
+    GopherQuality,
+    GopherRepetition,
+)
 
 MAX_CHARS = 20_000
 _ROFF_ESCAPE = re.compile(r"\\f(?:\[[^\]]*\]|\(..|.)|\\\*(?:\(..|\[[^\]]*\]|.)|\\\(..|\\[&|^%:]")

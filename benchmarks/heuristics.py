@@ -30,14 +30,14 @@ from filters_agreement import build_corpus, datatrove_filters  # noqa: E402
 
 from smolforge.context import EnginePool, StageContext  # noqa: E402
 from smolforge.stages import heuristics  # noqa: E402
-from smolforge.stages.heuristics import (  # noqa: E402
+from smolforge.stages.quality.heuristics import (  # noqa: E402
     C4Filter,
     FineWebFilter,
     GopherQuality,
     GopherRepetition,
     Length,
 )
-from smolforge.stages.langid import Language, _load_identifier  # noqa: E402
+from smolforge.stages.quality.language import Language, _load_identifier  # noqa: E402
 
 
 def rule(reason: str) -> str:

@@ -62,7 +62,7 @@ def unbalanced_rubric(workdir: Path) -> str:
     """fineweb-edu without its reverse-keyed questions: FineWeb-Edu's three points only."""
     import yaml
 
-    from smolforge.stages.judge import RUBRIC_DIR
+    from smolforge.stages.judges.judge import RUBRIC_DIR
 
     rubric = yaml.safe_load((RUBRIC_DIR / "fineweb-edu.yaml").read_text())
     rubric["criteria"] = {k: q for k, q in rubric["criteria"].items() if isinstance(q, str)}
@@ -121,7 +121,7 @@ def main() -> None:
                     help=f"comma-separated: {', '.join(METHODS)} (default: the recipe's judge and two others)")
     ap.add_argument("--scores", type=Path, help="also write every item's score per method here (JSONL)")
     args = ap.parse_args()
-    from smolforge.stages.judge import spearman
+    from smolforge.stages.judges.judge import spearman
 
     items = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     items = pick(items, args.quick)

@@ -4,7 +4,7 @@ Self-Instruct keeps a new instruction only if its ROUGE-L F1 against every kept
 instruction is below 0.7. The original code tokenises each new instruction and
 calls `rouge_score`'s `_score_lcs` against every kept one (a pure-Python
 dynamic-programming LCS per pair) and takes the max. Here the same decisions come
-from `smolforge.rouge.NoveltyFilter` (integer tokens, an overlap upper bound from
+from `smolforge.text.rouge.NoveltyFilter` (integer tokens, an overlap upper bound from
 an inverted index, bit-parallel LCS in numpy on the survivors).
 
 Real text: the first sentences of Python standard-library docstrings (parsed with
@@ -35,7 +35,7 @@ import re
 import time
 
 from smolforge.corpora import stdlib_docstrings
-from smolforge.rouge import NoveltyFilter, f_measure, lcs_length_dp, tokenize
+from smolforge.text.rouge import NoveltyFilter, f_measure, lcs_length_dp, tokenize
 
 _SENTENCE = re.compile(r"^(.+?[.!?])(\s|$)", re.S)
 FILLERS = ["carefully", "quickly", "the", "given", "new", "each", "all", "simple", "small", "first"]

@@ -12,7 +12,7 @@ import pytest
 from test_dedup import ListShards, make_ctx, stdlib_docstrings
 
 from smolforge.classifier import Classifier, evaluate, percentile_buckets
-from smolforge.stages.classify import Classify, TrainClassifier
+from smolforge.stages.judges.classify import Classify, TrainClassifier
 from smolforge.text import words
 
 KEYWORDS = ["if", "return", "be", "this", "or", "with", "not", "from"]

@@ -256,7 +256,7 @@ def test_export_pairs_the_columns_the_recipe_declared(tmp_path):
     import pyarrow.parquet as pq
 
     from smolforge.export import export
-    from smolforge.export_columns import AmbiguousColumns
+    from smolforge.export.columns import AmbiguousColumns
 
     with canned_server(echo) as server:
         recipe = canned_recipe(server.url, n=2, output="answer", prompt_column="question")

@@ -107,6 +107,6 @@ def test_recipe_on_the_bundled_model_verdicts_recheck(tmp_path):
 
 
 def _tests(rec: dict) -> str:
-    from smolforge.stages.verify_code import extract_code
+    from smolforge.stages.verify.code import extract_code
 
     return extract_code(rec["tests"])

@@ -29,7 +29,7 @@ import pytest
 
 from smolforge.context import EnginePool, StageContext
 from smolforge.registry import stages
-from smolforge.stages.decontaminate import Decontaminate, word_grams
+from smolforge.stages.curate.decontaminate import Decontaminate, word_grams
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "humaneval_sample.jsonl"
@@ -368,11 +368,11 @@ def test_list_and_dict_fields_mmlu_style(tmp_path):
 def test_word_hashes_are_the_same_in_every_process():
     """The index must not use Python's per-process salted `hash()`: a fresh
     interpreter with another PYTHONHASHSEED gets the same word and gram hashes."""
-    from smolforge.stages.decontaminate import gram_hashes, word_hashes
+    from smolforge.stages.curate.decontaminate import gram_hashes, word_hashes
 
     words = ["contaminated", "humaneval", "item", "déjà", "x"] * 3
     here = gram_hashes(word_hashes(words), 4).tolist()
-    code = ("import json, sys; from smolforge.stages.decontaminate import gram_hashes, word_hashes;"
+    code = ("import json, sys; from smolforge.stages.curate.decontaminate import gram_hashes, word_hashes;"
             "print(json.dumps(gram_hashes(word_hashes(json.loads(sys.argv[1])), 4).tolist()))")
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code, json.dumps(words)], check=True,
@@ -382,7 +382,7 @@ def test_word_hashes_are_the_same_in_every_process():
 
 
 def test_hashing_matches_normalize_and_is_position_free():
-    from smolforge.stages.decontaminate import gram_hashes, word_hashes, words_of
+    from smolforge.stages.curate.decontaminate import gram_hashes, word_hashes, words_of
     from smolforge.text import normalize
 
     for item in rows(SAMPLE)[:5] + [{"prompt": "İstanbul ＡＢＣ naïve_x — déjà-vu!", "canonical_solution": ""}]:

@@ -22,9 +22,9 @@ import pytest
 
 from smolforge import corpora
 from smolforge.context import EnginePool, StageContext
-from smolforge.minhash import MinHasher, MinHashLSH, connected_min, estimated_jaccard
 from smolforge.stages.base import Shards
-from smolforge.stages.dedup import Dedup
+from smolforge.stages.curate.dedup import Dedup
+from smolforge.text.minhash import MinHasher, MinHashLSH, connected_min, estimated_jaccard
 
 NUM_PERM = 112  # the stage's default 14 bands x 8 rows
 

@@ -15,7 +15,7 @@ from conftest import ROOT, write_recipe
 
 import smolforge as sf
 from smolforge.recipe import RecipeError, load_recipe
-from smolforge.stages.judge import load_rubric
+from smolforge.stages.judges.judge import load_rubric
 
 
 def _blocks(doc: str, lang: str = "yaml") -> list[str]:

@@ -145,7 +145,7 @@ def test_eval_ifeval_and_code_tasks_score_the_answers_with_the_verifiers(tmp_pat
     answers the report shows."""
     from smolforge.ifeval.verify import evaluate as ifeval_checks
     from smolforge.sandbox import Job, open_sandbox
-    from smolforge.stages.verify_code import extract_code
+    from smolforge.stages.verify.code import extract_code
 
     rows = [
         {"id": "a", "prompt": "Write one short sentence about rain, in lowercase letters only.",

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from smolforge.export import ExportError
-from smolforge.export_grpo import VERIFIERS, to_grpo
+from smolforge.export.grpo import VERIFIERS, to_grpo
 from smolforge.ifeval import evaluate
 from smolforge.ifeval.reference import reference_results
 

@@ -134,7 +134,7 @@ def test_or_short_circuits():
 )
 def test_filter_runtime_error_reasons(where, record, reason):
     """A record the condition cannot be evaluated on is dropped with the error as its reason."""
-    from smolforge.stages.filters import Filter
+    from smolforge.stages.quality.filter import Filter
 
     assert Filter(where=where).check(record) == reason
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import smolforge
 
 from smolforge.recipe import BUILTIN_DIR, load_recipe
-from smolforge.stages.filters import Filter
+from smolforge.stages.quality.filter import Filter
 from smolforge.templates import render
 
 FOLDER = BUILTIN_DIR / "github_issues"

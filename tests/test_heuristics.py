@@ -24,7 +24,7 @@ from datatrove.pipeline.filters.gopher_repetition_filter import (
 
 from smolforge.context import EnginePool, StageContext
 from smolforge.registry import stages
-from smolforge.stages.heuristics import (
+from smolforge.stages.quality.heuristics import (
     C4Filter,
     FineWebFilter,
     GopherQuality,
@@ -34,7 +34,7 @@ from smolforge.stages.heuristics import (
     spacy_rules_tokens,
     spacy_tokens,
 )
-from smolforge.stages.langid import Language
+from smolforge.stages.quality.language import Language
 
 GOOD = [
     # An encyclopedia-style article.
@@ -489,7 +489,7 @@ def test_ngram_fractions_match_datatrove_functions(n):
 def test_language_batch_gives_py3langid_s_answers(real_docs, tmp_path):
     """The stage scores a batch at once (lock-step automaton, float32 table); the
     reference is py3langid's own `classify`, text by text."""
-    from smolforge.stages.langid import _batch_model, _load_identifier
+    from smolforge.stages.quality.language import _batch_model, _load_identifier
 
     assert _batch_model() is not None  # the fast path is the one under test
     german = "Der Wasserkreislauf beschreibt, wie sich das Wasser bewegt. " * 3

@@ -13,7 +13,7 @@ from faultproxy import Fault, canned_server, user_text
 
 import smolforge as sf
 from smolforge.recipe import Recipe, RecipeError, load_recipe
-from smolforge.stages.judge import DEFAULT_SCORE_PATTERN, load_rubric, parse_score
+from smolforge.stages.judges.judge import DEFAULT_SCORE_PATTERN, load_rubric, parse_score
 
 DOCS = ["Photosynthesis is how plants turn light, water and carbon dioxide into sugar and oxygen.",
         "BUY NOW cheap watches best price click here"]
@@ -223,11 +223,11 @@ def test_score_patterns_run_in_re2():
     import pytest
 
     import smolforge
-    from smolforge.stages.judge import Judge, Rubric
+    from smolforge.stages.judges.judge import Judge, Rubric
 
     src = str(Path(smolforge.__file__).resolve().parent.parent)
-    code = ("from smolforge.stages.judge import parse_score\n"
-            "from smolforge.stages.preference import parse_listwise\n"
+    code = ("from smolforge.stages.judges.judge import parse_score\n"
+            "from smolforge.stages.preferences.preference import parse_listwise\n"
             "print(parse_score('a' * 40 + '!', '^(a+)+$', False)[0])\n"
             "print(parse_listwise('a' * 40 + '!', 1, '^(a+)+$', 1, 5))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

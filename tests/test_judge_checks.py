@@ -13,7 +13,7 @@ import re
 from conftest import smolforge, write_recipe
 from faultproxy import canned_server, user_text
 
-from smolforge.stages.judge import judge_check
+from smolforge.stages.judges.judge import judge_check
 
 PROMPTS = [f"Question {i}: what is {i} plus {i}?" for i in range(4)]
 

@@ -21,7 +21,7 @@ from smolforge.engines.base import Completion, Request, Response, request_key
 from smolforge.engines.llamacpp import LlamaCppEngine
 from smolforge.engines.openai import OpenAIEngine
 from smolforge.recipe import Recipe
-from smolforge.stages.judge import (
+from smolforge.stages.judges.judge import (
     Judge,
     answer_yes_probability,
     krippendorff_alpha_interval,
@@ -30,7 +30,7 @@ from smolforge.stages.judge import (
     score_distribution,
     spearman,
 )
-from smolforge.stages.pairwise import decide, judge_pairs, pair_requests
+from smolforge.stages.judges.pairwise_judge import decide, judge_pairs, pair_requests
 
 EDU = ("Photosynthesis is the process by which green plants use sunlight, water and carbon "
        "dioxide to make glucose and oxygen. It takes place in the chloroplasts of leaf cells, "
@@ -342,7 +342,7 @@ def test_panel_of_two_engines_reports_agreement_in_the_manifest(tmp_path):
 
 
 def test_criteria_score_sums_without_reverse_keys_and_balances_with_them():
-    from smolforge.stages.judge import Rubric
+    from smolforge.stages.judges.judge import Rubric
 
     plain = Rubric(aspects={"x": "{{ text }}"}, criteria={"a": "A?", "b": "B?"})
     assert plain.criteria_score({"a": 0.9, "b": 0.4}) == pytest.approx(1.3)

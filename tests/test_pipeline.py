@@ -140,7 +140,7 @@ def test_judge_parses_scores_and_rejects_unparsable(tmp_path):
 
 
 def test_parse_score_rules():
-    from smolforge.stages.judge import DEFAULT_SCORE_PATTERN, parse_score
+    from smolforge.stages.judges.judge import DEFAULT_SCORE_PATTERN, parse_score
 
     assert parse_score("Clear and useful.\nEducational score: 4", DEFAULT_SCORE_PATTERN, False) == (
         4.0, "Clear and useful.")

@@ -18,7 +18,7 @@ import pytest
 
 import smolforge as sf
 from smolforge.context import EnginePool, StageContext
-from smolforge.stages.preference import (
+from smolforge.stages.preferences.preference import (
     Candidates,
     Pairs,
     Rate,

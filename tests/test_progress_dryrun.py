@@ -14,7 +14,7 @@ from smolforge.engines.cache import ResponseCache
 from smolforge.progress import StageProgress
 from smolforge.recipe import Recipe
 from smolforge.runner import Runner
-from smolforge.stages.generate import Generate
+from smolforge.stages.synth.generate import Generate
 
 TOPICS = ["cats", "cats", "rivers", "stars", "bread", "rain", "cats"]
 

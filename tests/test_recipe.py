@@ -103,8 +103,8 @@ def test_overrides_set_nested_fields():
 
 
 def test_recipe_from_python_objects():
-    from smolforge.stages.filters import Filter
-    from smolforge.stages.sources import Items
+    from smolforge.stages.quality.filter import Filter
+    from smolforge.stages.sources.read import Items
 
     r = Recipe(name="py", stages=[Items(items=["a", "b"]), Filter(where="chars(text) > 0")])
     again = Recipe.from_dict(r.model_dump(mode="json"))

@@ -20,7 +20,7 @@ import smolforge as sf
 from smolforge.context import EnginePool, StageContext
 from smolforge.recipe import Recipe, RecipeError, load_recipe
 from smolforge.stages.base import Reject
-from smolforge.stages.sources import MAX_COMBINATIONS, Read
+from smolforge.stages.sources.read import MAX_COMBINATIONS, Read
 
 OUTSIDE = "is outside the recipe folder and the working directory; add it to allow_paths or pass --allow-path"
 

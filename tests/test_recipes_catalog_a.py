@@ -20,9 +20,9 @@ from faultproxy import canned_server, user_text
 from smolforge.context import EnginePool, StageContext
 from smolforge.recipe import BUILTIN_DIR, load_recipe
 from smolforge.registry import stages
-from smolforge.stages.chunk import chunk_spans, sentence_spans
-from smolforge.stages.judge import load_rubric
-from smolforge.stages.text_filters import count_tokens, is_refusal
+from smolforge.stages.judges.judge import load_rubric
+from smolforge.stages.quality.text_quality import count_tokens, is_refusal
+from smolforge.stages.sources.chunk import chunk_spans, sentence_spans
 
 DOCS = sorted((BUILTIN_DIR / "documents").glob("*.txt"))
 

@@ -18,7 +18,7 @@ from faultproxy import canned_server, user_text
 
 import smolforge as sf
 from smolforge.recipe import BUILTIN_DIR, Recipe
-from smolforge.rouge import rouge_l
+from smolforge.text.rouge import rouge_l
 
 
 def run_cli(tmp_path, name: str, *sets: str, limit: int = 2, out=None, allow_empty=False) -> dict:
@@ -133,7 +133,7 @@ def test_self_instruct_end_to_end(tmp_path):
 
 
 def test_self_instruct_task_rules_and_parsing():
-    from smolforge.stages.instruct import SelfInstruct, parse_tasks
+    from smolforge.stages.synth.instruct import SelfInstruct, parse_tasks
 
     st = SelfInstruct(type="self_instruct")
     assert st.check_task("Describe this picture of a cat in detail.") == \
@@ -220,7 +220,7 @@ def test_evol_instruct_rounds_on_canned_answers(tmp_path):
 
 
 def test_evol_elimination_rules():
-    from smolforge.stages.instruct import clean_rewrite, eliminate
+    from smolforge.stages.synth.instruct import clean_rewrite, eliminate
 
     parent = "Describe the water cycle."
     ok = "The water cycle has several stages; explain each one in order."
@@ -248,7 +248,7 @@ def test_evol_elimination_rules():
 def test_evol_operations_validated():
     from pydantic import ValidationError
 
-    from smolforge.stages.instruct import EvolInstruct
+    from smolforge.stages.synth.instruct import EvolInstruct
 
     with pytest.raises(ValidationError, match="operation 'widen' has no entry in `methods`"):
         EvolInstruct(type="evol_instruct", operations=["deepen", "widen"])
@@ -285,7 +285,7 @@ def test_magpie_end_to_end(tmp_path):
 def test_magpie_pre_query_templates():
     from smolforge.context import build_engine
     from smolforge.engines.chat_template import CHATML, ChatTemplate
-    from smolforge.stages.magpie import LLAMA3, PreQuery, engine_chat_template
+    from smolforge.stages.synth.magpie import LLAMA3, PreQuery, engine_chat_template
 
     p = PreQuery(ChatTemplate(CHATML), None)
     assert p.prefix == "<|im_start|>user\n" and p.stop == ["<|im_end|>"]
@@ -311,7 +311,7 @@ def test_magpie_on_a_completions_endpoint(tmp_path):
     system prompt of the record's domain, then an open user turn) and stops at the
     end of the turn; the answer request replays the query in the template."""
     from smolforge.engines.chat_template import CHATML, ChatTemplate
-    from smolforge.stages.magpie import PreQuery
+    from smolforge.stages.synth.magpie import PreQuery
 
     data = yaml.safe_load((BUILTIN_DIR / "magpie.yaml").read_text())
     system = yaml.safe_load((BUILTIN_DIR / "magpie/system_prompts.yaml").read_text())["code"]

@@ -1,5 +1,5 @@
 """ROUGE-L and the novelty filter against references that share no code with
-smolforge.rouge: a dynamic-programming LCS written here, `rouge-score`'s tokenizer
+smolforge.text.rouge: a dynamic-programming LCS written here, `rouge-score`'s tokenizer
 and scorer (Google's reference package), and the naive "compare with every kept
 text" loop, on random token sequences and on real sentences."""
 
@@ -13,7 +13,7 @@ import random
 import pytest
 from rouge_score import rouge_scorer, tokenizers
 
-from smolforge.rouge import NoveltyFilter, lcs_length, rouge_l, tokenize
+from smolforge.text.rouge import NoveltyFilter, lcs_length, rouge_l, tokenize
 
 ref_tokenize = tokenizers.DefaultTokenizer(use_stemmer=False).tokenize
 

@@ -12,7 +12,7 @@ import pytest
 
 from smolforge.context import EnginePool, StageContext
 from smolforge.stages.base import Reject
-from smolforge.stages.sources import Combine, InputError, Items, Read
+from smolforge.stages.sources.read import Combine, InputError, Items, Read
 
 
 def ctx(base: Path, seed: int = 0) -> StageContext:

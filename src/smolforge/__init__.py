@@ -7,6 +7,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from smolforge import moved as _moved  # noqa: E402  (old module paths stay importable)
+
+_moved.install()
+
 
 def run(
     recipe: Any,

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from smolforge.minhash import Batch, prefix_hashes, segment_hashes
 from smolforge.store import atomic_write_bytes
+from smolforge.text.minhash import Batch, prefix_hashes, segment_hashes
 
 Features = Literal["hash", "embed"]
 FORMAT_VERSION = 1

@@ -1,15 +1,26 @@
 """Name -> class registries for stages and engines.
 
 Recipes name stages and engines by their `type:`; the registries turn those names
-into pydantic model classes. Built-in modules register themselves on import, so the
-registries import them lazily the first time a name is looked up.
+into pydantic model classes. A class registers itself with `@stages.register` (or
+`@engines.register`); its name is the default of its `type` field, written once.
+Built-ins come in through the same door as plugins (as `llm`'s plugin hooks do):
+on the first lookup the registry imports every module of its package
+(`smolforge.stages`, `smolforge.engines`) and then every entry point of its group
+(`smolforge.stages`, `smolforge.engines`), so a plugin package adds a stage or an
+engine by declaring, in its own `pyproject.toml`,
+
+    [project.entry-points."smolforge.stages"]
+    my_stages = "my_package.stages"
+
+without editing smolforge (docs/writing-a-stage.md).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+import importlib.metadata
+import pkgutil
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,70 +44,58 @@ class UnknownName(KeyError):
         return self.args[0]
 
 
+class PluginError(ImportError):
+    """A plugin module named by an entry point failed to import."""
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str, builtin_modules: list[str]):
-        self.kind = kind
-        self._builtin_modules = builtin_modules
+    def __init__(self, kind: str, package: str, group: str):
+        self.kind, self.package, self.group = kind, package, group
         self._loaded = False
         self._classes: dict[str, type[T]] = {}
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
-        def deco(cls: type[T]) -> type[T]:
-            if name in self._classes and self._classes[name] is not cls:
-                raise ValueError(f"{self.kind} type {name!r} registered twice")
-            self._classes[name] = cls
-            return cls
+    def register(self, cls: type[T]) -> type[T]:
+        """Class decorator: register `cls` under its `type` field's default."""
+        field = getattr(cls, "model_fields", {}).get("type")
+        name = getattr(field, "default", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{cls.__qualname__}: a {self.kind} needs `type: Literal[\"name\"] = \"name\"`")
+        if name in self._classes and self._classes[name] is not cls:
+            other = self._classes[name]
+            raise ValueError(f"{self.kind} type {name!r} registered twice: "
+                             f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+        self._classes[name] = cls
+        return cls
 
-        return deco
+    def modules(self) -> list[str]:
+        """The built-in modules: every module of the package, in name order."""
+        pkg = importlib.import_module(self.package)
+        return sorted(m.name for m in pkgutil.walk_packages(pkg.__path__, self.package + "."))
 
-    def _load_builtins(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            for mod in self._builtin_modules:
-                importlib.import_module(mod)
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for mod in self.modules():
+            importlib.import_module(mod)
+        for ep in importlib.metadata.entry_points(group=self.group):
+            try:
+                ep.load()
+            except Exception as e:
+                raise PluginError(f"{self.kind} plugin {ep.name!r} ({ep.value}, entry point group "
+                                  f"{self.group!r}) failed to import: {type(e).__name__}: {e}") from e
 
     def get(self, name: str) -> type[T]:
-        self._load_builtins()
+        self._load()
         try:
             return self._classes[name]
         except KeyError:
             raise UnknownName(self.kind, name, list(self._classes)) from None
 
     def names(self) -> list[str]:
-        self._load_builtins()
+        self._load()
         return sorted(self._classes)
 
 
-stages: Registry = Registry(
-    "stage",
-    [
-        "smolforge.stages.sources",
-        "smolforge.stages.generate",
-        "smolforge.stages.judge",
-        "smolforge.stages.pairwise",
-        "smolforge.stages.filters",
-        "smolforge.stages.dedup",
-        "smolforge.stages.heuristics",
-        "smolforge.stages.langid",
-        "smolforge.stages.decontaminate",
-        "smolforge.stages.classify",
-        "smolforge.stages.text_filters",
-        "smolforge.stages.chunk",
-        "smolforge.stages.vary",
-        "smolforge.stages.render",
-        "smolforge.stages.real_mix",
-        "smolforge.stages.mix",
-        "smolforge.stages.seeds",
-        "smolforge.stages.personas",
-        "smolforge.stages.instruct",
-        "smolforge.stages.magpie",
-        "smolforge.stages.constraints",
-        "smolforge.stages.verify_code",
-        "smolforge.stages.verify_json",
-        "smolforge.stages.preference",
-        "smolforge.stages.split",
-    ],
-)
-
-engines: Registry = Registry("engine", ["smolforge.engines.llamacpp", "smolforge.engines.openai",
-                                        "smolforge.engines.servers", "smolforge.engines.vllm"])
+stages: Registry = Registry("stage", "smolforge.stages", "smolforge.stages")
+engines: Registry = Registry("engine", "smolforge.engines", "smolforge.engines")

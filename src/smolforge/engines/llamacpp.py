@@ -45,7 +45,7 @@ def json_grammar(schema: dict[str, Any]) -> str:
     return json_schema_to_gbnf(json.dumps(schema)).replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
-@engines.register("llamacpp")
+@engines.register
 class LlamaCppEngine(Engine):
     """Runs a GGUF model in-process with llama.cpp, many sequences at a time.
 

@@ -162,7 +162,7 @@ def _shutdown(loop: asyncio.AbstractEventLoop, holder: dict) -> None:
         loop.close()
 
 
-@engines.register("openai")
+@engines.register
 class OpenAIEngine(Engine):
     """Talks to any server that speaks the OpenAI chat/completions API."""
 

@@ -97,7 +97,7 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> None:
         return
 
 
-@engines.register("managed")
+@engines.register
 class ManagedServerEngine(Engine):
     """An OpenAI-compatible server started, health-checked and stopped by smolforge."""
 

@@ -88,7 +88,7 @@ def sampling_kwargs(req: Request) -> dict[str, Any]:
     return kw
 
 
-@engines.register("vllm")
+@engines.register
 class VLLMEngine(Engine):
     """Offline vLLM in this process: the whole batch in one `LLM.chat`/`LLM.generate`."""
 

@@ -256,7 +256,7 @@ def _language_of(text: str) -> str | None:
     (IFEval's langdetect raises then, and IFEval counts the check as followed)."""
     if not any(c.isalpha() for c in text):
         return None
-    from smolforge.stages.langid import _load_identifier
+    from smolforge.stages.quality.language import _load_identifier
 
     lang, _ = _load_identifier().classify(text.replace("\n", " "))
     return str(lang)

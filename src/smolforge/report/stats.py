@@ -302,7 +302,7 @@ def partial(run_dir: Path, manifest: dict, recipe: dict) -> dict | None:
 
 def judge_warnings(stages: list[dict]) -> list[str]:
     """`stage: signal` for every judge or rate stage whose self-check (its summary's
-    `judge_check`, see `smolforge.stages.judge.judge_check`) found it degenerate."""
+    `judge_check`, see `smolforge.stages.judges.judge.judge_check`) found it degenerate."""
     return [f"{s['name']}: {d}" for s in stages
             for d in (((s.get("summary") or {}).get("judge_check") or {}).get("degenerate") or [])]
 

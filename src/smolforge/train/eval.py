@@ -345,7 +345,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                     notes["code"] = "unavailable: the data has no tests column"
                 else:
                     from smolforge.sandbox import Job, open_sandbox
-                    from smolforge.stages.verify_code import extract_code
+                    from smolforge.stages.verify.code import extract_code
 
                     texts = unconstrained(label, engine)
                     with open_sandbox() as sb:

@@ -1,0 +1,119 @@
+"""`smolforge export`: a run's data as JSONL, Parquet, or chat messages for TRL.
+
+An export is written under a temporary name and renamed into place, so a kill or
+a full disk leaves any earlier file whole. It never writes through a symbolic
+link and never replaces an existing file without `force` (`--force`; a link is
+then replaced itself, its target untouched)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smolforge.errors import ExportError
+from smolforge.store import atomic_file, data_files, read_data
+
+FORMATS = ("jsonl", "parquet", "chat", "hf", "dpo", "kto", "grpo")
+SPLIT_COLUMN = "split"
+
+
+def select_split(table: pa.Table, split: str) -> pa.Table:
+    if SPLIT_COLUMN not in table.column_names:
+        raise ExportError(f"--split {split}: the data has no {SPLIT_COLUMN!r} column")
+    import pyarrow.compute as pc
+
+    names = sorted({str(v) for v in table.column(SPLIT_COLUMN).to_pylist()})
+    if split not in names:
+        raise ExportError(f"--split {split}: no such split (splits: {', '.join(names)})")
+    return table.filter(pc.equal(table.column(SPLIT_COLUMN), split))
+
+
+def to_chat(table: pa.Table, prompt_column: str, response_column: str, system_column: str | None) -> pa.Table:
+    """A `messages` column (user prompt, assistant response), the conversational
+    format TRL's SFTTrainer reads directly; `id` is kept for traceability."""
+    cols = table.column_names
+    for c in (prompt_column, response_column, system_column):
+        if c and c not in cols:
+            raise ExportError(f"column {c!r} not in the data (columns: {', '.join(cols)})")
+    prompts = table.column(prompt_column).to_pylist()
+    responses = table.column(response_column).to_pylist()
+    systems = table.column(system_column).to_pylist() if system_column else [None] * len(prompts)
+    messages = []
+    for p, r, s in zip(prompts, responses, systems):
+        m = [{"role": "system", "content": str(s)}] if s else []
+        m += [{"role": "user", "content": str(p)}, {"role": "assistant", "content": str(r)}]
+        messages.append(m)
+    return pa.table({"id": table.column("id"), "messages": messages})
+
+
+def export(
+    run_dir: str | Path,
+    fmt: str,
+    to: str | Path,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
+    system_column: str | None = None,
+    *,
+    split: str | None = None,
+    licence: str | None = None,
+    force: bool = False,
+) -> int:
+    if not data_files(run_dir):
+        raise ExportError(f"{run_dir}: no data (has the run finished?)")
+    if fmt == "hf":  # a Hugging Face dataset folder: one Parquet file per `split`, and the card
+        from smolforge.report.card import export_hf
+
+        return export_hf(run_dir, to, licence=licence, force=force)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    to = Path(to)
+    check_target(to, force)  # before the work, and again when it is done (below)
+    # chat, dpo, kto, grpo: the columns the recipe declared unless named (export/columns.py)
+    from smolforge.export.columns import choose_columns, describe
+
+    columns = choose_columns(run_dir, fmt, prompt_column, response_column, system_column)
+    if columns:
+        prompt_column, response_column, system_column = columns["prompt"], columns.get("response"), columns["system"]
+        print(f"{fmt} export: {describe(columns)}", file=sys.stderr, flush=True)
+    table = read_data(run_dir)
+    if split is not None:  # the `split` column (split / anneal stages) selects the records
+        table = select_split(table, split)
+    if fmt == "chat":
+        table = to_chat(table, prompt_column, response_column, system_column)
+    elif fmt in ("dpo", "kto"):  # preference pairs (docs/preference.md)
+        from smolforge.export.preference import to_preference
+
+        table = to_preference(table, fmt, prompt_column, system_column)
+    elif fmt == "grpo":  # prompt-only + the verifier's ground truth (docs/verify-constraints.md)
+        from smolforge.export.grpo import to_grpo
+
+        table = to_grpo(table, prompt_column, system_column)
+    if columns:  # which column played which role, in the file (Parquet) too
+        meta = {b"smolforge.columns": json.dumps(columns).encode()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    check_target(to, force)
+    to.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(to) as f:
+        if fmt == "parquet" or (fmt != "jsonl" and to.suffix == ".parquet"):
+            pq.write_table(table, f)
+        else:
+            for row in table.to_pylist():
+                f.write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode())
+    return table.num_rows
+
+
+def check_target(to: Path, force: bool) -> None:
+    """Refuse to write through a link or over an existing file (unless `force`)."""
+    if to.is_symlink():
+        if not force:
+            raise ExportError(f"{to}: is a symbolic link; export never writes through a link "
+                              "(--force replaces the link itself, not its target)")
+    elif to.is_dir():
+        raise ExportError(f"{to}: is a folder; name a file")
+    elif to.exists() and not force:
+        raise ExportError(f"{to}: exists; export does not overwrite a file (--force to replace it, "
+                          "or choose another --to)")

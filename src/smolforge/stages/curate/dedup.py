@@ -1,0 +1,250 @@
+"""Deduplication: exact, MinHash near-duplicates, semantic (embedding) duplicates.
+
+`exact`: records whose normalised text (NFKC, lower case, punctuation and
+whitespace folded; see `smolforge.text.normalize`) is identical. The first record
+in input order is kept; each reject names the id it duplicates.
+
+`minhash`: near-duplicates by MinHash LSH (Broder 1997; bands as in Leskovec et
+al., Mining of Massive Datasets ch. 3; defaults as in FineWeb's 14 bands x 8 rows
+on word 5-grams) with each candidate pair verified by its estimated Jaccard
+(`threshold`, default 0.75). With these defaults a pair is dropped with
+probability ~0.13 at Jaccard 0.7, ~0.5 at 0.75, ~0.87 at 0.8, ~0.99 at 0.85 and
+1.0 from 0.9 on; below 0.65 almost never (docs/curation-dedup.md has the curve).
+`clusters: keep_first` (default) takes records in input order and drops one when
+its estimated Jaccard with a record already kept (sharing an LSH bucket) reaches
+the threshold, as a query-then-insert LSH index does (datasketch, rensa): the
+reject names that kept record and their similarity. `clusters: components`
+drops every record of a connected component of verified pairs but its first, as
+datatrove's MinhashDedupCluster does; through a chain A~B~C a reject may then
+name a record it is far less similar to (the reason says via which record).
+Only 16-bit signatures and band keys are held, never texts.
+
+`semantic`: embeddings from all-MiniLM-L6-v2 (the `[embed]` extra), cosine
+`threshold` (default 0.95, as SemDeDup-style pipelines use for near-identical
+meaning); greedy keep-first: a record is dropped when it is that similar to a
+record already kept, which the reject names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from smolforge.context import StageContext
+from smolforge.registry import stages
+from smolforge.stages.base import GlobalStage, Record, Result, Shards
+from smolforge.text import normalize
+
+log = logging.getLogger(__name__)
+
+MINHASH_THRESHOLD = 0.75
+SEMANTIC_THRESHOLD = 0.95
+
+
+@stages.register
+class Dedup(GlobalStage):
+    """Drop duplicate records, keeping the first of each group (input order)."""
+
+    type: Literal["dedup"] = "dedup"
+    column: str = Field("text", description="the column compared")
+    method: Literal["exact", "minhash", "semantic"] = Field(
+        "exact",
+        description="exact: identical normalised text; minhash: near-duplicates by "
+        "shingle Jaccard; semantic: embedding cosine similarity",
+    )
+    ngram: int = Field(5, ge=1, description="minhash: shingle size in `unit`s")
+    unit: Literal["word", "char"] = Field("word", description="minhash: shingle unit")
+    bands: int = Field(14, ge=1, description="minhash: LSH bands")
+    rows: int = Field(8, ge=1, description="minhash: signature rows per band")
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"minhash: estimated Jaccard a candidate pair must reach (default "
+        f"{MINHASH_THRESHOLD}; 0 keeps every LSH candidate); semantic: cosine (default "
+        f"{SEMANTIC_THRESHOLD})",
+    )
+    clusters: Literal["keep_first", "components"] = Field(
+        "keep_first",
+        description="minhash: keep_first: drop a record similar to one already kept "
+        "(the reject names it); components: drop all but the first of each connected "
+        "component of similar pairs (chains allowed)",
+    )
+    seed: int = Field(0, description="minhash: seed of the hash permutations")
+    batch_size: int = Field(2048, ge=1, description="records hashed or embedded together")
+    model: str = Field("all-MiniLM-L6-v2", description="semantic: sentence-transformers model")
+    device: str = Field("cpu", description="semantic: torch device")
+
+    @property
+    def num_perm(self) -> int:
+        return self.bands * self.rows
+
+    def requires(self) -> set[str]:
+        return {self.column}
+
+    def _threshold(self) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        return SEMANTIC_THRESHOLD if self.method == "semantic" else MINHASH_THRESHOLD
+
+    def _texts(self, records: list[Record]) -> list[str]:
+        return [str(r.get(self.column) or "") for r in records]
+
+    def process_all(self, shards: Shards, ctx: StageContext) -> Iterator[tuple[int, Result]]:
+        if self.method == "minhash":
+            yield from self._minhash(shards)
+        elif self.method == "semantic":
+            yield from self._semantic(shards)
+        else:
+            yield from self._exact(shards)
+
+    def _exact(self, shards: Shards) -> Iterator[tuple[int, Result]]:
+        # Only 16-byte digests and ids are held, never the texts.
+        seen: dict[bytes, str] = {}
+        for i in range(len(shards)):
+            reasons: dict[int, str] = {}
+            for j, rec in enumerate(shards.columns(i, ["id", self.column])):
+                digest = hashlib.blake2b(
+                    normalize(str(rec.get(self.column) or "")).encode(), digest_size=16
+                ).digest()
+                first = seen.setdefault(digest, rec["id"])
+                if first != rec["id"]:
+                    reasons[j] = f"exact duplicate of {first}"
+            yield i, Result.select(shards.table(i), reasons)
+
+    def _minhash(self, shards: Shards) -> Iterator[tuple[int, Result]]:
+        from smolforge.text.minhash import MinHasher, MinHashLSH, estimated_jaccard
+
+        hasher = MinHasher(num_perm=self.num_perm, ngram=self.ngram, unit=self.unit, seed=self.seed)
+        lsh = MinHashLSH(self.bands, self.rows, hasher)
+        ids: list[str] = []
+        sizes: list[int] = []
+        # Pass 1: signatures only (ids and the compared column, one shard at a time),
+        # texts hashed in batches of `batch_size` whatever the shard size.
+        pending: list[str] = []
+        for i in range(len(shards)):
+            recs = shards.columns(i, ["id", self.column])
+            ids.extend(str(r["id"]) for r in recs)
+            sizes.append(len(recs))
+            pending += self._texts(recs)
+            del recs
+            while len(pending) >= self.batch_size:
+                lsh.add(pending[: self.batch_size])
+                del pending[: self.batch_size]
+        if pending:
+            lsh.add(pending)
+        threshold = self._threshold()
+        dups = lsh.duplicates(threshold, self.clusters)
+        n_drop = int((dups.root != np.arange(len(ids))).sum())
+        log.info(
+            "minhash dedup (%s): %d records, %d candidate pairs, %d verified, %d dropped",
+            self.clusters, len(ids), dups.candidates, dups.edges, n_drop,
+        )
+        unit = f"{self.ngram}-{self.unit} shingles"
+        rule = f">= {threshold:g}" if threshold > 0 else "LSH band match"
+        sig16 = lsh.signatures16() if self.clusters == "components" else None  # a copy
+        # Pass 2: each shard minus its duplicates, one shard at a time.
+        offset = 0
+        for i in range(len(shards)):
+            table = shards.table(i)
+            if table.num_rows != sizes[i]:
+                raise RuntimeError(f"shard {i} changed between passes")
+            g = np.arange(offset, offset + table.num_rows)
+            dropped = np.flatnonzero(dups.root[g] != g)
+            reasons: dict[int, str] = {}
+            for j in dropped.tolist():
+                d = int(g[j])
+                root, link = int(dups.root[d]), int(dups.link[d])
+                if link == root:
+                    reasons[j] = (
+                        f"near-duplicate of {ids[root]} (minhash: estimated Jaccard "
+                        f"{dups.sim[d]:.2f} {rule}, {unit})"
+                    )
+                else:
+                    assert sig16 is not None  # links exist only with components
+                    sl = float(estimated_jaccard(sig16, np.array([d]), np.array([link]))[0])
+                    reasons[j] = (
+                        f"near-duplicate of {ids[root]} via {ids[link]} (minhash: estimated "
+                        f"Jaccard {sl:.2f} {rule} with {ids[link]}, {dups.sim[d]:.2f} with "
+                        f"{ids[root]}, {unit})"
+                    )
+            offset += table.num_rows
+            yield i, Result.select(table, reasons)
+
+    def _semantic(self, shards: Shards) -> Iterator[tuple[int, Result]]:
+        from smolforge.embed import embed
+
+        threshold = self._threshold()
+        kept = _Matrix()
+        kept_ids: list[str] = []
+        for i in range(len(shards)):
+            recs = shards[i]
+            res = Result()
+            for s in range(0, len(recs), self.batch_size):
+                part = recs[s : s + self.batch_size]
+                vecs = embed(self._texts(part), self.model, device=self.device)
+                for rec, (k, sim) in zip(part, _greedy(vecs, kept, threshold)):
+                    if k < 0:
+                        kept_ids.append(str(rec["id"]))
+                        res.keep(rec)
+                    else:
+                        res.reject(
+                            rec,
+                            f"semantic duplicate of {kept_ids[k]} "
+                            f"(cosine {sim:.3f} >= {threshold:g}, {self.model})",
+                        )
+            yield i, res
+
+
+class _Matrix:
+    """Rows appended over time (kept embeddings), stored with doubling capacity."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros((0, 0), dtype=np.float32)
+        self.n = 0
+
+    def view(self) -> np.ndarray:
+        return self._data[: self.n]
+
+    def append(self, row: np.ndarray) -> None:
+        if self.n == len(self._data):
+            grown = np.zeros((max(64, 2 * self.n), len(row)), dtype=np.float32)
+            if self.n:
+                grown[: self.n] = self.view()
+            self._data = grown
+        self._data[self.n] = row
+        self.n += 1
+
+
+def _greedy(vecs: np.ndarray, kept: _Matrix, threshold: float) -> list[tuple[int, float]]:
+    """For each row in order: (-1, 0) if kept (and appended to `kept`), else
+    (index of the most similar kept row, its cosine)."""
+    out: list[tuple[int, float]] = []
+    prior = kept.n
+    if prior:
+        sims = vecs @ kept.view().T
+        best = sims.argmax(axis=1)
+        best_sim = sims[np.arange(len(vecs)), best]
+    inner = vecs @ vecs.T
+    batch_kept: list[int] = []  # rows of this batch kept so far
+    for r in range(len(vecs)):
+        cand_k, cand_sim = -1, -1.0
+        if prior and best_sim[r] >= threshold:
+            cand_k, cand_sim = int(best[r]), float(best_sim[r])
+        if batch_kept:
+            row = inner[r, batch_kept]
+            j = int(row.argmax())
+            if row[j] >= threshold and row[j] > cand_sim:
+                cand_k, cand_sim = prior + j, float(row[j])
+        if cand_k >= 0:
+            out.append((cand_k, cand_sim))
+        else:
+            batch_kept.append(r)
+            kept.append(vecs[r])
+            out.append((-1, 0.0))
+    return out
