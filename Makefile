@@ -134,6 +134,8 @@ github-issues: install-train
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m smolforge.cli stages --markdown | diff -u docs/stages.md - \
+	  || (echo 'docs/stages.md is stale: smolforge stages --markdown > docs/stages.md'; exit 1)
 
 # Every benchmark in benchmarks/, one after another (each prints one JSON object):
 # benchmarks/results/<name>.json (+ .log for stderr) and one summary.json with the

@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("recipes", help="list built-in recipes")
     rs.add_argument("--json", action="store_true")
 
+    st = sub.add_parser("stages", help="list every stage type (plugins included), or one type's fields")
+    st.add_argument("type", nargs="?", help="show this stage type's fields")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--markdown", action="store_true", help="the reference page docs/stages.md")
+
     s = sub.add_parser("show", help="summarise a run: counts per stage, rejects by reason, samples")
     s.add_argument("run_dir")
     s.add_argument("--samples", type=int, default=3)
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command in report_cli.COMMANDS:
             return report_cli.run(args)
-        return {"run": cmd_run, "recipes": cmd_recipes, "show": cmd_show, "export": cmd_export}[args.command](args)
+        return {"run": cmd_run, "recipes": cmd_recipes, "stages": cmd_stages, "show": cmd_show,
+                "export": cmd_export}[args.command](args)
     except RecipeError as e:
         err.print("[red]recipe error[/red]", highlight=False)
         for line in e.problems:
@@ -293,6 +299,17 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         c = Console()
         for r in rows:
             c.print(f"[bold]{r['name']:<16}[/bold] {r['description']}")
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from smolforge import stage_reference as ref
+
+    if args.json:
+        rows = ref.reference()
+        print(json.dumps([r for r in rows if args.type in (None, r["type"])], indent=2))
+    else:
+        print(ref.markdown() if args.markdown else ref.text(args.type), end="" if args.markdown else "\n")
     return 0
 
 

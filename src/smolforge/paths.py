@@ -5,11 +5,17 @@ for it."""
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 # smolforge's own files (built-in recipes, templates, rubrics) are always readable.
 PACKAGE_DIR = Path(str(resources.files("smolforge"))).resolve()
@@ -52,3 +58,99 @@ def check_inside(path: Path, roots: Sequence[Path], shown: str | None = None) ->
 # A stage's name names its checkpoint directory (stages/NN-<name>), so it is an
 # identifier: never a path that could lead out of the run directory.
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+# ---------------------------------------------------------------- file fields
+
+@dataclass(frozen=True)
+class PathRole:
+    """Marks a stage field that names files, in its type (`Annotated[str, FILE]`), so
+    the path policy (recipe.py) and the resume fingerprint (stages/base.py) apply to
+    it whatever the field is called; `tests/test_stage_fields.py` fails on a field that
+    is read as a file without the mark."""
+
+    kind: Literal["file", "glob", "values", "run"]
+
+
+FILE = PathRole("file")  # a file, relative to the recipe (a built-in template or rubric as fallback)
+GLOB = PathRole("glob")  # a file or glob, or a list of them
+VALUES = PathRole("values")  # name -> a list, or a file of values
+RUN = PathRole("run")  # relative: inside the run directory (then the recipe's folder)
+
+
+def path_role(model: type[BaseModel], name: str) -> str | None:
+    """The kind of files field `name` of `model` names, if it is marked."""
+    field = model.model_fields.get(name)
+    return next((m.kind for m in field.metadata if isinstance(m, PathRole)), None) if field else None
+
+
+def path_fields(model: BaseModel, loc: tuple = ()) -> list[tuple[tuple, str, str]]:
+    """(YAML location, value, kind) for every file a model (a stage) names in a
+    marked field, nested models (decontaminate's `benchmarks`) included."""
+    out: list[tuple[tuple, str, str]] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        kind = path_role(type(model), name)
+        if kind == "values" and isinstance(value, dict):
+            out += [((*loc, name, k), v, "file") for k, v in value.items() if isinstance(v, str)]
+        elif kind is not None and isinstance(value, str):
+            out.append(((*loc, name), value, kind))
+        elif kind in ("glob", "run") and isinstance(value, list):  # a list of `topics` is data
+            out += [((*loc, name, j), v, kind) for j, v in enumerate(value) if isinstance(v, str)]
+        elif isinstance(value, BaseModel):
+            out += path_fields(value, (*loc, name))
+        elif isinstance(value, list):
+            out += [x for j, v in enumerate(value) if isinstance(v, BaseModel)
+                    for x in path_fields(v, (*loc, name, j))]
+    return out
+
+
+def fixed_prefix(p: Path) -> list[str]:
+    """The parts of a glob before its first wildcard."""
+    prefix = []
+    for part in p.parts:
+        if glob.has_magic(part):
+            break
+        prefix.append(part)
+    return prefix
+
+
+def candidates(value: str, kind: str, base_dir: Path) -> list[tuple[str, Path]]:
+    """(as written, quoted; path) for every file a stage may open for `value`: relative to
+    the recipe, and the built-in copies some stages fall back to. A glob: its fixed
+    prefix and every file it matches now."""
+    p = Path(value).expanduser()
+    if kind == "run" and not p.is_absolute() and not os.path.normpath(p).startswith(".."):
+        return []  # stays inside the run directory
+    full = p if p.is_absolute() else base_dir / p
+    out = [(repr(value), full)]
+    if not p.is_absolute():  # built-in templates, rubrics (read only if they exist)
+        out += [(repr(value), c) for c in (PACKAGE_DIR / "recipes" / p, PACKAGE_DIR / "rubrics" / f"{value}.yaml")
+                if c.exists()]
+    if kind == "glob" and glob.has_magic(str(full)):
+        out = [(repr(value), Path(*fixed_prefix(full)))]
+        out += [(f"{m!r} (matched by {value!r})", Path(m)) for m in glob.glob(str(full), recursive=True)]
+    return out
+
+
+def file_digests(model: BaseModel, base_dir: Path) -> list[Any]:
+    """What the files a stage's marked fields name hold now, for its resume
+    fingerprint: a file's sha256 (templates, rubrics, schemas, benchmarks), a glob's
+    matches by name, size and modification time (inputs may be terabytes). A stage
+    thus re-runs after a file it reads is edited, without remembering to say so."""
+    out: list[Any] = []
+    for loc, value, kind in path_fields(model):
+        for _shown, p in candidates(value, kind, base_dir):
+            if not p.is_file():
+                continue
+            if kind == "glob":
+                st = p.stat()
+                out.append([list(loc), str(p), st.st_size, st.st_mtime_ns])
+            else:
+                h = hashlib.sha256()
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                out.append([list(loc), str(p), h.hexdigest()])
+                break  # the first that exists is the one read
+    return out

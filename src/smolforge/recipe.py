@@ -6,10 +6,9 @@ expected an integer, got "lots"`) and, for a typo, the closest valid name.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import re
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,15 @@ from pydantic import (
 )
 
 from smolforge.errors import RecipeError
-from smolforge.paths import PACKAGE_DIR, PathNotAllowed, check_inside, default_roots
+from smolforge.paths import (
+    PathNotAllowed,
+    candidates,
+    check_inside,
+    default_roots,
+    fixed_prefix,
+    path_fields,
+    path_role,
+)
 from smolforge.registry import UnknownName, closest
 from smolforge.registry import stages as stage_registry
 from smolforge.stages.base import SourceStage, Stage
@@ -442,16 +449,6 @@ def _validate(data: Any, *, base_dir: Path, source: str | None, lines: dict,
 
 # ---------------------------------------------------------------- paths
 
-# Stage fields that name files, by field name (nested models, such as decontaminate's
-# `benchmarks`, are walked too); any other `*_file` / `*_path` / `*_dir` field counts.
-_GLOB_FIELDS = {"path", "documents"}  # a file or glob, or a list of them
-_FILE_FIELDS = {"template_file", "topics", "system_prompts", "rubric", "json_schema"}  # a string names a file
-_VALUE_FIELDS = {"lists"}  # column -> a list, or a file of values
-_RUN_DIR_FIELDS = {"models"}  # relative: the run directory (then the recipe)
-# Not files read: `model_path` is written, inside the run directory only (its own validator).
-_SKIP_FIELDS = {"engine", "items", "template", "system", "type", "name", "model_path"}
-
-
 def _check_paths(stages: list[tuple[int, Stage]], base_dir: Path, roots: tuple[Path, ...],
                  probs: _Problems) -> None:
     """Every file a stage names resolves (symlinks and `..` included) inside an
@@ -459,33 +456,36 @@ def _check_paths(stages: list[tuple[int, Stage]], base_dir: Path, roots: tuple[P
     dataset or a server. Checked here, before anything runs; `StageContext.
     resolve_path` and `read` check again when they open the files."""
     for i, st in stages:
-        for loc, value, kind in _path_fields(st, ("stages", i)):
+        for loc, value, kind in path_fields(st, ("stages", i)):
             try:
-                for shown, candidate in _candidates(value, kind, base_dir):
+                for shown, candidate in candidates(value, kind, base_dir):
                     check_inside(candidate, roots, shown)
             except PathNotAllowed as e:
                 probs.add(loc, str(e))
 
 
-def _path_fields(model: BaseModel, loc: tuple) -> list[tuple[tuple, str, str]]:
-    out = []
-    for name in type(model).model_fields:
-        if name in _SKIP_FIELDS:
-            continue
-        value = getattr(model, name)
-        kind = _kind(name)
-        if kind == "values" and isinstance(value, dict):
-            out += [((*loc, name, k), v, "file") for k, v in value.items() if isinstance(v, str)]
-        elif kind is not None and kind != "values" and isinstance(value, str):
-            out.append(((*loc, name), value, kind))
-        elif kind in ("glob", "run") and isinstance(value, list):  # a list of `topics` is data
-            out += [((*loc, name, j), v, kind) for j, v in enumerate(value) if isinstance(v, str)]
-        elif isinstance(value, BaseModel):
-            out += _path_fields(value, (*loc, name))
-        elif isinstance(value, list):
-            out += [x for j, v in enumerate(value) if isinstance(v, BaseModel)
-                    for x in _path_fields(v, (*loc, name, j))]
+def _role_by_name() -> dict[str, str]:
+    """Field name -> the files it names, over every registered stage (a `--set` path
+    names a field before any stage is validated)."""
+    out: dict[str, str] = {}
+
+    def walk(model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            if (kind := path_role(model, name)) is not None:
+                out.setdefault(name, kind)
+            for t in _models_in(field.annotation):
+                walk(t)
+
+    for name in stage_registry.names():
+        walk(stage_registry.get(name))
     return out
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's type holds (`list[Benchmark]`, `MixInput | None`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _models_in(a)]
 
 
 def _set_dirs(data: Any, set_paths: dict[tuple, str], base_dir: Path) -> list[Path]:
@@ -502,11 +502,11 @@ def _set_dirs(data: Any, set_paths: dict[tuple, str], base_dir: Path) -> list[Pa
             for v in value:
                 walk(v, keys)
         elif isinstance(value, str) and keys:
-            kind = _kind(keys[-1]) or ("file" if "lists" in keys else None)
+            kind = _role_by_name().get(keys[-1]) or ("file" if "lists" in keys else None)
             if kind in ("glob", "file", "run"):
                 p = Path(value).expanduser()
                 p = p if p.is_absolute() else base_dir / p
-                fixed = _fixed_prefix(p)
+                fixed = fixed_prefix(p)
                 out.append(Path(*fixed) if len(fixed) < len(p.parts) else p.parent)
 
     for loc in set_paths:
@@ -518,42 +518,6 @@ def _set_dirs(data: Any, set_paths: dict[tuple, str], base_dir: Path) -> list[Pa
                 node = None
                 break
         walk(node, tuple(str(p) for p in loc if isinstance(p, str)))
-    return out
-
-
-def _fixed_prefix(p: Path) -> list[str]:
-    """The parts of a glob before its first wildcard."""
-    prefix = []
-    for part in p.parts:
-        if glob.has_magic(part):
-            break
-        prefix.append(part)
-    return prefix
-
-
-def _kind(name: str) -> str | None:
-    if name in _SKIP_FIELDS:
-        return None
-    return ("glob" if name in _GLOB_FIELDS else "file" if name in _FILE_FIELDS
-            else "values" if name in _VALUE_FIELDS else "run" if name in _RUN_DIR_FIELDS
-            else "file" if name.endswith(("_file", "_path", "_dir")) else None)
-
-
-def _candidates(value: str, kind: str, base_dir: Path) -> list[tuple[str, Path]]:
-    """(as written, quoted; path) for every file a stage may open for `value`: relative to
-    the recipe, and the built-in copies some stages fall back to. A glob: its fixed
-    prefix and every file it matches now."""
-    p = Path(value).expanduser()
-    if kind == "run" and not p.is_absolute() and not os.path.normpath(p).startswith(".."):
-        return []  # stays inside the run directory
-    full = p if p.is_absolute() else base_dir / p
-    out = [(repr(value), full)]
-    if not p.is_absolute():  # built-in templates, rubrics (read only if they exist)
-        out += [(repr(value), c) for c in (BUILTIN_DIR / p, PACKAGE_DIR / "rubrics" / f"{value}.yaml")
-                if c.exists()]
-    if kind == "glob" and glob.has_magic(str(full)):
-        out = [(repr(value), Path(*_fixed_prefix(full)))]
-        out += [(f"{m!r} (matched by {value!r})", Path(m)) for m in glob.glob(str(full), recursive=True)]
     return out
 
 
@@ -575,10 +539,10 @@ def _validate_stage(raw: Any, i: int, probs: _Problems, base_dir: Path, roots: t
     # so that a file outside the allowed folders is never opened, even for an error.
     before = len(probs.items)
     for key, value in raw.items():
-        kind = _kind(str(key))
+        kind = path_role(cls, str(key))
         if kind is not None and kind != "values" and isinstance(value, str):
             try:
-                for shown, candidate in _candidates(value, kind, base_dir):
+                for shown, candidate in candidates(value, kind, base_dir):
                     check_inside(candidate, roots, shown)
             except PathNotAllowed as e:
                 probs.add(("stages", i, key), str(e))

@@ -23,7 +23,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smolforge.engines.base import UNSERVABLE
-from smolforge.paths import STAGE_NAME  # noqa: F401 - re-exported
+from smolforge.paths import STAGE_NAME, file_digests  # noqa: F401 - re-exported
 from smolforge.records import Record, Reject  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
@@ -143,8 +143,10 @@ class Stage(BaseModel):
         return None
 
     def fingerprint(self, ctx: StageContext) -> str:
+        """The stage's fields, `fingerprint_extra`, and what every file its marked
+        fields name holds now (`paths.file_digests`): a change to any re-runs it."""
         blob = json.dumps(
-            [self.model_dump(mode="json"), self.fingerprint_extra(ctx)],
+            [self.model_dump(mode="json"), self.fingerprint_extra(ctx), file_digests(self, ctx.recipe_dir)],
             sort_keys=True,
             default=str,
         )

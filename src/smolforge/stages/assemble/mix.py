@@ -32,11 +32,12 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from smolforge.context import StageContext
+from smolforge.paths import FILE, GLOB
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards, SourceStage
 from smolforge.stages.shape.vary import add_knobs
@@ -46,8 +47,8 @@ class MixInput(BaseModel):
     """One input of a mix: a run directory or files, with its label and ratio."""
 
     model_config = ConfigDict(extra="forbid")
-    run_dir: str | None = Field(None, description="a smolforge run directory (its final data)")
-    path: str | list[str] | None = Field(None, description="files or globs (any format `read` takes)")
+    run_dir: Annotated[str | None, FILE] = Field(None, description="a smolforge run directory (its final data)")
+    path: Annotated[str | list[str] | None, GLOB] = Field(None, description="files or globs (any format `read` takes)")
     label: str = Field(description="provenance label, e.g. real or synthetic")
     ratio: float = Field(1.0, gt=0, description="target share, relative to the other inputs")
     columns: dict[str, str] | None = Field(None, description="path: output column -> input column")
@@ -169,8 +170,8 @@ class Accumulate(_MixBase):
 
     type: Literal["accumulate"] = "accumulate"
     real: list[MixInput] = Field(default_factory=list, description="the real data (label: real)")
-    generations: list[str] = Field(min_length=1, description="run directories of generations 0..k-1, in "
-                                                             "order (globs are expanded and sorted)")
+    generations: Annotated[list[str], GLOB] = Field(
+        min_length=1, description="run directories of generations 0..k-1, in order (globs are expanded and sorted)")
 
     def _generation_dirs(self, ctx: StageContext) -> list[str]:
         out: list[str] = []

@@ -38,12 +38,13 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from smolforge.context import StageContext
+from smolforge.paths import GLOB
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
 from smolforge.text import flatten
@@ -75,7 +76,7 @@ class Benchmark(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="the file (relative to the recipe)")
+    path: Annotated[str, GLOB] = Field(description="the file (relative to the recipe)")
     name: str | None = Field(None, description="name in reasons (default: the file name)")
     fields: list[str] = Field(min_length=1, description="fields holding the benchmark text")
     id_field: str | None = Field(None, description="field naming an item (default: its row)")

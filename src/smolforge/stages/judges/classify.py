@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr, field_validator
@@ -32,6 +32,7 @@ from smolforge.classifier import (
     percentile_buckets,
 )
 from smolforge.context import StageContext, derive_seed
+from smolforge.paths import RUN
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
 from smolforge.store import RunDirError, atomic_write_json, run_path, run_path_problem
@@ -209,7 +210,7 @@ class Classify(GlobalStage):
     (0..buckets-1) over the whole input (Nemotron-CC)."""
 
     type: Literal["classify"] = "classify"
-    models: list[str] = Field(min_length=1, description="model files from train_classifier")
+    models: Annotated[list[str], RUN] = Field(min_length=1, description="model files from train_classifier")
     score_column: str = Field("score", description="the score (or combined bucket) column")
     model_columns: list[str] | None = Field(None, description="per-model score columns")
     text_column: str | None = Field(None, description="default: the column the model was trained on")

@@ -49,7 +49,7 @@ import statistics
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -65,6 +65,7 @@ from pydantic import (
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Completion
 from smolforge.expr import ExprError, compile_regex
+from smolforge.paths import FILE
 from smolforge.registry import closest, stages
 from smolforge.stages.base import Record, Result, Shards
 from smolforge.stages.synth.generate import LLMStage
@@ -218,7 +219,7 @@ class Judge(LLMStage):
     """Score records with an LLM judge; keep the score and the justification."""
 
     type: Literal["judge"] = "judge"
-    rubric: str | None = Field(None, description="built-in rubric name or rubric YAML file")
+    rubric: Annotated[str | None, FILE] = Field(None, description="built-in rubric name or rubric YAML file")
     inputs: dict[str, str] = Field(default_factory=dict, description="rubric variable -> column")
     column: str = Field("score", description="column for the (mean) score")
     justification_column: str | None = Field(

@@ -35,12 +35,13 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Completion, Engine, Request, Response
+from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result, Shards
 from smolforge.stages.judges.judge import check_rubric_file, judge_check, load_rubric, score_regex
@@ -337,7 +338,7 @@ class Rate(LLMStage):
 
     type: Literal["rate"] = "rate"
     method: Literal["aspects", "single", "reward", "pairwise"] = "aspects"
-    rubric: str = Field("ultrafeedback", description="built-in rubric name or rubric YAML file")
+    rubric: Annotated[str, FILE] = Field("ultrafeedback", description="built-in rubric name or rubric YAML file")
     aspects: list[str] | None = Field(None, description="a subset of the rubric's aspects (default: all)")
     candidates_column: str = "candidates"
     prompt_column: str = Field("prompt", description="the instruction shown to the judge")

@@ -10,11 +10,12 @@ fails is rejected with the error, and an empty result is rejected too (unless
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from smolforge.context import StageContext
+from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
 from smolforge.templates import load_source, render, variables
@@ -27,7 +28,7 @@ class Render(MapStage):
     type: Literal["render"] = "render"
     output: str = Field(description="column written")
     template: str | None = Field(None, description="inline Jinja template")
-    template_file: str | None = Field(None, description="Jinja file, relative to the recipe")
+    template_file: Annotated[str | None, FILE] = Field(None, description="Jinja file, relative to the recipe")
     allow_empty: bool = Field(False, description="keep records whose result is empty")
 
     @model_validator(mode="after")

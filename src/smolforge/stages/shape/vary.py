@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import math
 from itertools import product
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
 from smolforge.context import StageContext
+from smolforge.paths import VALUES
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
 from smolforge.stages.sources.read import Combine
@@ -50,7 +51,7 @@ class Vary(MapStage):
     `lists` (default 1), or all of them with `per_record: null`."""
 
     type: Literal["vary"] = "vary"
-    lists: dict[str, list[Any] | str] = Field(description="column -> values, or a file of values")
+    lists: Annotated[dict[str, list[Any] | str], VALUES] = Field(description="column -> values, or a file of values")
     per_record: int | None = Field(
         1, ge=1, description="combinations per record (null: all, one record each)"
     )

@@ -20,12 +20,13 @@ import re
 from collections.abc import Iterator, Sequence
 from itertools import product
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from smolforge.context import StageContext
+from smolforge.paths import GLOB, VALUES
 from smolforge.registry import stages
 from smolforge.stages.base import Record, Reject, SourceStage
 from smolforge.text import JSONTooDeep, loads_json
@@ -48,7 +49,7 @@ class Read(SourceStage):
     and what is wrong, unless `on_error: reject` sends it to the rejects."""
 
     type: Literal["read"] = "read"
-    path: str | list[str] = Field(description="file, glob (`data/*.jsonl`, `**` allowed) or a list of them")
+    path: Annotated[str | list[str], GLOB] = Field(description="file, glob (`data/*.jsonl`, `**` allowed) or a list of them")
     format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field(
         "auto", description="auto: from the file extension"
     )
@@ -351,7 +352,7 @@ class Combine(SourceStage):
     recipe seed; without, all of them in order."""
 
     type: Literal["combine"] = "combine"
-    lists: dict[str, list[Any] | str] = Field(description="column -> values, or a file of values")
+    lists: Annotated[dict[str, list[Any] | str], VALUES] = Field(description="column -> values, or a file of values")
     count: int | None = Field(
         None, ge=1, le=MAX_COMBINATIONS, description="sample this many combinations (default: all)"
     )

@@ -30,11 +30,12 @@ import re
 from collections.abc import Iterator
 from itertools import product
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from smolforge.context import StageContext
+from smolforge.paths import FILE, GLOB, VALUES
 from smolforge.registry import stages
 from smolforge.stages.base import Record, Reject, SourceStage
 from smolforge.stages.shape.vary import add_knobs
@@ -78,10 +79,10 @@ class Seeds(SourceStage):
 
     type: Literal["seeds"] = "seeds"
     seeds: Literal["topics", "documents"] = Field("topics", description="where seeds come from")
-    topics: list[str] | str = Field(
+    topics: Annotated[list[str] | str, FILE] = Field(
         "textbooks/topics.txt", description="topics (a list, or a file with one per line)"
     )
-    documents: str | list[str] = Field(
+    documents: Annotated[str | list[str], GLOB] = Field(
         "documents/*.txt", description="documents: files or globs, relative to the recipe"
     )
     text_column: str = Field("text", description="documents: the column with the document text")
@@ -90,7 +91,7 @@ class Seeds(SourceStage):
     mention_topic: float = Field(
         0.5, ge=0, le=1, description="documents: share of prompts that name the document's topic"
     )
-    lists: dict[str, list[Any] | str] = Field(
+    lists: Annotated[dict[str, list[Any] | str], VALUES] = Field(
         default_factory=dict, description="column -> values (audience, style ...), crossed with every seed"
     )
     count: int | None = Field(None, ge=1, description="sample this many (seed, combination) pairs")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Engine, Request, Response
 from smolforge.licences import licence_id
+from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
 from smolforge.templates import load_source, render, template_hash, template_variables, variables
@@ -31,7 +32,7 @@ class LLMStage(MapStage):
         None, description="engine(s) for this stage (default: the recipe's engine)"
     )
     template: str | None = Field(None, description="inline Jinja prompt template")
-    template_file: str | None = Field(None, description="Jinja prompt file, relative to the recipe")
+    template_file: Annotated[str | None, FILE] = Field(None, description="Jinja prompt file, relative to the recipe")
     system: str | None = Field(None, description="system prompt (Jinja, optional)")
     raw: bool = Field(False, description="send the prompt as a raw completion (no chat template)")
     max_tokens: int = Field(512, ge=1)
@@ -141,7 +142,7 @@ class Generate(LLMStage):
     type: Literal["generate"] = "generate"
     output: str = Field("text", description="column for the completion")
     prompt_column: str | None = Field("prompt", description="column for the rendered prompt (null: don't keep)")
-    json_schema: dict[str, Any] | str | None = Field(
+    json_schema: Annotated[dict[str, Any] | str | None, FILE] = Field(
         None, description="constrain the output to this JSON schema (inline, or a JSON/YAML "
         "file relative to the recipe): a grammar on llamacpp, response_format on openai "
         "(see smolforge.stages.verify.json_schema)")

@@ -13,12 +13,13 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Completion, Engine, Request, Response
+from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
 from smolforge.templates import TemplateError, load_source, render, template_hash
@@ -213,7 +214,7 @@ class SelfInstruct(LoopLLM, GlobalStage):
 
     type: Literal["self_instruct"] = "self_instruct"
     column: str = Field("instruction", description="the instruction column (seeds in, tasks out)")
-    template_file: str = Field(
+    template_file: Annotated[str, FILE] = Field(
         "self_instruct/generate.j2", description="prompt; variables `examples` (list) and `n_new`"
     )
     target: int = Field(64, ge=1, description="stop once this many new instructions are kept")
@@ -464,8 +465,8 @@ class EvolInstruct(LoopLLM, GlobalStage):
         default_factory=lambda: dict(DEPTH_METHODS),
         description="in-depth operation -> the method text of the depth template",
     )
-    depth_template: str = Field("evol_instruct/depth.j2", description="variables `instruction`, `method`")
-    breadth_template: str = Field("evol_instruct/breadth.j2", description="variable `instruction`")
+    depth_template: Annotated[str, FILE] = Field("evol_instruct/depth.j2", description="variables `instruction`, `method`")
+    breadth_template: Annotated[str, FILE] = Field("evol_instruct/breadth.j2", description="variable `instruction`")
     strip_label: bool = Field(True, description="remove a leading `#Rewritten Prompt#:` label")
     markers: list[str] = Field(default_factory=lambda: list(MARKERS))
     min_new_words: int = Field(1, ge=0, description="content words an evolution must add")

@@ -18,7 +18,7 @@ closes the user turn itself.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field
@@ -26,6 +26,7 @@ from pydantic import Field
 from smolforge.context import StageContext
 from smolforge.engines.base import Engine
 from smolforge.engines.chat_template import CHATML, ChatTemplate
+from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
 from smolforge.stages.synth.instruct import LoopLLM, first_completion, load_template, with_knobs
@@ -106,7 +107,7 @@ class Magpie(LoopLLM, MapStage):
     type: Literal["magpie"] = "magpie"
     n: int = Field(1, ge=1, le=64, description="queries per input record")
     domain_column: str = Field("domain", description="column naming the domain (may be absent)")
-    system_prompts: dict[str, str | None] | str | None = Field(
+    system_prompts: Annotated[dict[str, str | None] | str | None, FILE] = Field(
         None, description="domain -> system prompt, or a YAML file of that mapping"
     )
     chat_template: str = Field("auto", description="auto, chatml, llama3, phi3, or Jinja text")

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from smolforge.context import StageContext
+from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
 from smolforge.stages.synth.instruct import (
@@ -69,7 +70,7 @@ class PersonaExpand(LoopLLM, GlobalStage):
 
     type: Literal["persona_expand"] = "persona_expand"
     column: str = Field("persona", description="the persona column (in and out)")
-    template_file: str = Field(
+    template_file: Annotated[str, FILE] = Field(
         "personas/expand.j2", description="prompt; variables `persona` and `relation`"
     )
     hops: int = Field(1, ge=0, description="expansion rounds (0: only remove near-duplicates)")

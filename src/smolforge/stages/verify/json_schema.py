@@ -26,11 +26,12 @@ import json
 import re
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator
 
+from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
 from smolforge.text import JSONTooDeep, loads_json
@@ -234,7 +235,7 @@ class VerifyJSON(MapStage):
 
     type: Literal["verify_json"] = "verify_json"
     column: str = Field("text", description="column holding the JSON text")
-    json_schema: SchemaField = Field(
+    json_schema: Annotated[SchemaField, FILE] = Field(
         None, description="JSON schema, inline or a JSON/YAML file relative to the recipe "
         "(none: only check that the text parses)")
     fence: bool = Field(
