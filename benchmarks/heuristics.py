@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from filters_agreement import build_corpus, datatrove_filters  # noqa: E402
 
 from smolforge.context import EnginePool, StageContext  # noqa: E402
-from smolforge.stages import heuristics  # noqa: E402
+from smolforge.stages.quality import heuristics  # noqa: E402
 from smolforge.stages.quality.heuristics import (  # noqa: E402
     C4Filter,
     FineWebFilter,

@@ -17,7 +17,7 @@ import pytest
 from conftest import write_recipe
 
 import smolforge as sf
-from smolforge.stages import sources
+from smolforge.stages.sources import read as sources
 
 
 def _rows(table: pa.Table) -> list[dict]:

@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from smolforge.context import EnginePool, StageContext
-from smolforge.engines.base import Engine, Request, Response
+from smolforge.engines.base import Request, Response
 from smolforge.engines.cache import ResponseCache
 from smolforge.recipe import Recipe
 from smolforge.stages.base import GlobalStage, Record, Reject, Result, Shards, SourceStage, Stage
+from smolforge.stages.llm import stage_engines
 
 MAX_SAMPLE = 64  # records; past the engine's batch width (32 sequences) a record's cost is flat
 SHOW_CHARS = 160  # characters of each column shown in a sample record
@@ -281,7 +282,7 @@ class _DryRun:
 
     def _load_engines(self, stage: Stage, ctx: StageContext) -> None:
         """Load every engine the stage uses before timing it; time the load apart."""
-        for engine in _stage_engines(stage, ctx):
+        for engine in stage_engines(stage, ctx):
             if id(engine) in self.loaded:
                 continue
             t0 = time.perf_counter()
@@ -348,14 +349,6 @@ class _Counter:
         self.n += 1
         if not resp.cached:
             self.max_tokens = max(self.max_tokens, *(c.tokens for c in resp.completions), 0)
-
-
-def _stage_engines(stage: Stage, ctx: StageContext) -> list[Engine]:
-    if callable(getattr(stage, "engines", None)):
-        return list(stage.engines(ctx))  # type: ignore[attr-defined]
-    if callable(getattr(stage, "llm", None)):
-        return [stage.llm(ctx)]  # type: ignore[attr-defined]
-    return []
 
 
 def _columns(batch: list[Record], columns: list[str] | None) -> list[Record]:

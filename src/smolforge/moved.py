@@ -18,7 +18,6 @@ import warnings
 from types import ModuleType
 
 MOVED: dict[str, str] = {
-    "smolforge.stages.sources": "smolforge.stages.sources.read",
     "smolforge.stages.chunk": "smolforge.stages.sources.chunk",
     "smolforge.stages.seeds": "smolforge.stages.sources.seeds",
     "smolforge.stages.vary": "smolforge.stages.shape.vary",

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from smolforge.context import EnginePool, StageContext, build_engine, derive_seed
 from smolforge.engines.cache import ResponseCache
-from smolforge.executors.local import LocalExecutor, commit, snapshot, stage_engines
+from smolforge.executors.local import LocalExecutor, commit, snapshot
 from smolforge.progress import StageProgress
 from smolforge.recipe import ALWAYS_COLUMNS, Recipe, RecipeError
 from smolforge.registry import closest
@@ -39,6 +39,7 @@ from smolforge.stages.base import (
     SourceStage,
     is_engine_error,
 )
+from smolforge.stages.llm import stage_engines
 from smolforge.store import (
     RunStore,
     StageDir,

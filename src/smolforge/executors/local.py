@@ -18,8 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from smolforge.context import EnginePool, EngineSpec, StageContext
-from smolforge.engines.base import Engine
-from smolforge.stages.base import GlobalStage, MapStage, Result, Shards, Stage
+from smolforge.stages.base import GlobalStage, MapStage, Result, Shards
 from smolforge.store import StageDir, fingerprint_hash
 
 Advance = Callable[[int], None]  # records of a finished shard, for the progress bar
@@ -142,16 +141,6 @@ def compute_global(stage: GlobalStage, name: str, sdir: StageDir, prev: StageDir
     for j in sorted(set(range(n_in)) - written):  # a stage may skip empty shards
         commit(sdir, j, Result(), name, prev.shard_stats(j)["out"], 0.0, ctx, before, digest, schema(j))
     return delta(ctx, start)
-
-
-def stage_engines(stage: Stage, ctx: StageContext) -> list[Engine]:
-    """The engines a stage generates with (none: a CPU stage). Builds them through
-    the context's pool without loading a model."""
-    if callable(getattr(stage, "engines", None)):
-        return list(stage.engines(ctx))  # type: ignore[attr-defined]
-    if callable(getattr(stage, "llm", None)):
-        return [stage.llm(ctx)]  # type: ignore[attr-defined]
-    return []
 
 
 class LocalExecutor:

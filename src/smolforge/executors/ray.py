@@ -43,9 +43,9 @@ from smolforge.executors.local import (
     add_stats,
     compute_global,
     compute_map_shard,
-    stage_engines,
 )
 from smolforge.stages.base import GlobalStage, MapStage
+from smolforge.stages.llm import stage_engines
 from smolforge.store import StageDir
 
 RETRIES = 3  # a shard whose worker died is retried this many times (then the run fails)

@@ -1,1 +1,1 @@
-"""curate"""
+"""Curation across records: deduplication and benchmark decontamination."""

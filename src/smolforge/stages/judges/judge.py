@@ -68,7 +68,7 @@ from smolforge.expr import ExprError, compile_regex
 from smolforge.paths import FILE
 from smolforge.registry import closest, stages
 from smolforge.stages.base import Record, Result, Shards
-from smolforge.stages.synth.generate import LLMStage
+from smolforge.stages.llm import LLMStage
 from smolforge.templates import TemplateError, variables
 from smolforge.text import loads_json
 

@@ -27,7 +27,7 @@ from smolforge.context import StageContext
 from smolforge.engines.base import Completion, Engine, Request, Response
 from smolforge.registry import stages
 from smolforge.stages.base import Record, Result, Shards
-from smolforge.stages.synth.generate import LLMStage
+from smolforge.stages.llm import LLMStage
 from smolforge.templates import render
 
 DEFAULT_PAIRWISE_TEMPLATE = """\

@@ -1,1 +1,1 @@
-"""preferences"""
+"""Preference data (UltraFeedback): candidates from several teachers, ratings, chosen/rejected pairs."""

@@ -45,7 +45,7 @@ from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result, Shards
 from smolforge.stages.judges.judge import check_rubric_file, judge_check, load_rubric, score_regex
-from smolforge.stages.synth.generate import LLMStage
+from smolforge.stages.llm import LLMStage
 from smolforge.templates import TemplateError, render, template_hash
 from smolforge.text import loads_json
 

@@ -1,1 +1,1 @@
-"""shape"""
+"""Shaping records before a prompt: knob columns (`vary`) and rendered prompts (`render`)."""

@@ -1,4 +1,4 @@
-"""LLM stages: the shared base (`LLMStage`) and `generate`.
+"""`generate`: one prompt per record, its completion in `output`.
 
 `generate` renders a Jinja prompt per record, sends the whole batch to the engine
 (or to several engines, to collect completions from several teachers) and writes
@@ -8,130 +8,16 @@ parameters, seed, finish reason) goes into `meta[<stage name>]`.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from smolforge.context import StageContext, derive_seed
-from smolforge.engines.base import Engine, Request, Response
-from smolforge.licences import licence_id
+from smolforge.context import StageContext
+from smolforge.engines.base import Request
 from smolforge.paths import FILE
 from smolforge.registry import stages
-from smolforge.stages.base import MapStage, Record, Result
-from smolforge.templates import load_source, render, template_hash, template_variables, variables
-
-EngineField = str | dict[str, Any] | list[str | dict[str, Any]] | None
-
-
-class LLMStage(MapStage):
-    """Fields and plumbing shared by every stage that prompts an LLM."""
-
-    engine: EngineField = Field(
-        None, description="engine(s) for this stage (default: the recipe's engine)"
-    )
-    template: str | None = Field(None, description="inline Jinja prompt template")
-    template_file: Annotated[str | None, FILE] = Field(None, description="Jinja prompt file, relative to the recipe")
-    system: str | None = Field(None, description="system prompt (Jinja, optional)")
-    raw: bool = Field(False, description="send the prompt as a raw completion (no chat template)")
-    max_tokens: int = Field(512, ge=1)
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    min_p: float = Field(0.0, ge=0, le=1)
-    repeat_penalty: float = Field(1.0, gt=0)
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = Field(None, description="sampling seed (default: the recipe seed)")
-    n: int = Field(1, ge=1, le=64, description="samples per record")
-    _recipe_dir: Path | None = PrivateAttr(None)  # set by recipe validation, for requires()
-
-    @model_validator(mode="after")
-    def _one_template(self):
-        if (self.template is None) == (self.template_file is None):
-            raise ValueError("set exactly one of `template` or `template_file`")
-        return self
-
-    # -- helpers for subclasses
-
-    def prompt_source(self, ctx: StageContext) -> str:
-        return load_source(self.template, self.template_file, ctx.recipe_dir, ctx.allowed_roots)
-
-    def requires(self) -> set[str]:
-        # A template file's variables are known once validation has set the
-        # recipe's folder, so a typo there is caught before the run too.
-        names = set(template_variables(self.template, self.template_file, self._recipe_dir))
-        return names | (set(variables(self.system)) if self.system else set())
-
-    def engines(self, ctx: StageContext) -> list[Engine]:
-        specs = self.engine if isinstance(self.engine, list) else [self.engine]
-        return [ctx.engine(s) for s in specs]
-
-    def fingerprint_extra(self, ctx: StageContext) -> Any:
-        return {
-            "template": self.prompt_source(ctx),
-            "engines": [e.identity() for e in self.engines(ctx)],
-            "seed": self.seed if self.seed is not None else ctx.seed,
-        }
-
-    def schema(self) -> dict[str, Any] | None:
-        """A JSON schema to constrain output to (judges use one)."""
-        return None
-
-    def prepare(self, batch: list[Record], ctx: StageContext, res: Result
-                ) -> tuple[str, list[Record], list[Request], list[str]]:
-        """The start of every generating `process`: the prompt source, then the records
-        whose prompt rendered with their requests and prompts; a record whose template
-        failed goes to `res`'s rejects with the reason."""
-        source = self.prompt_source(ctx)
-        ok, reqs, prompts, failed = self.build_requests(batch, ctx, source)
-        for i, reason in failed:
-            res.reject(batch[i], reason)
-        return source, [batch[i] for i in ok], reqs, prompts
-
-    def build_requests(
-        self, batch: list[Record], ctx: StageContext, source: str
-    ) -> tuple[list[int], list[Request], list[str], list[tuple[int, str]]]:
-        """Render every record's prompt from `source`. Returns the indexes of the
-        records that rendered, their requests and prompts, and (index, reason) for
-        the records whose template failed."""
-        seed = self.seed if self.seed is not None else ctx.seed
-        ok, reqs, prompts, failed = [], [], [], []
-        for i, rec in enumerate(batch):
-            try:
-                prompt = render(source, rec)
-                system = render(self.system, rec) if self.system else None
-            except Exception as e:  # undefined column, bad filter: this record only
-                failed.append((i, f"template error: {type(e).__name__}: {e}"))
-                continue
-            if self.raw:
-                req = Request(prompt=prompt)
-            else:
-                msgs = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompt}
-                ]
-                req = Request(messages=msgs)
-            req.max_tokens, req.temperature, req.top_p = self.max_tokens, self.temperature, self.top_p
-            req.top_k, req.min_p, req.repeat_penalty = self.top_k, self.min_p, self.repeat_penalty
-            req.stop, req.n, req.json_schema = list(self.stop), self.n, self.schema()
-            # Greedy decoding ignores the seed: leave it out so that identical greedy
-            # prompts share one cache entry.
-            req.seed = derive_seed(seed, rec["id"]) if self.temperature > 0 else 0
-            ok.append(i)
-            reqs.append(req)
-            prompts.append(prompt)
-        return ok, reqs, prompts, failed
-
-    def provenance(self, engine: Engine, req: Request, resp: Response, ctx: StageContext, source: str) -> dict:
-        return {
-            "engine": engine.kind,
-            "model": engine.identity().get("model"),
-            "licence": licence_id(engine),  # the teacher's licence (smolforge.licences)
-            "template_hash": template_hash(source + (self.system or "")),
-            "sampling": {k: v for k, v in req.sampling().items() if k != "json_schema"},
-            "created_at": round(time.time(), 3),
-            "cached": resp.cached,
-        }
+from smolforge.stages.base import Record, Result
+from smolforge.stages.llm import LLMStage
 
 
 @stages.register

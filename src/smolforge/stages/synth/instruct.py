@@ -3,159 +3,34 @@
 Both are global stages that loop internally: each round is one batch of requests
 sent with `ctx.generate` (the engine batches it; the cache answers a re-run),
 every choice is seeded from the recipe seed, and every record they write carries
-its knobs (`round`, `operation` ...) in `meta.knobs`. `LoopLLM` holds the
-sampling fields and request plumbing shared with `persona_expand` and `magpie`.
+its knobs (`round`, `operation` ...) in `meta.knobs`. `LoopLLM`
+(`smolforge.stages.llm`) holds their request plumbing.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
-from smolforge.context import StageContext, derive_seed
-from smolforge.engines.base import Completion, Engine, Request, Response
+from smolforge.context import StageContext
 from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
-from smolforge.templates import TemplateError, load_source, render, template_hash
+from smolforge.stages.llm import (
+    LoopLLM,
+    first_completion,
+    input_records,
+    load_template,
+    new_meta,
+    render_file,
+    spread,
+    with_knobs,
+)
 from smolforge.text import normalize, words
 from smolforge.text.rouge import NoveltyFilter, tokenize
-
-# ---------------------------------------------------------------- shared plumbing
-
-
-class LoopLLM(BaseModel):
-    """Sampling fields and request helpers for stages that call an LLM in rounds."""
-
-    engine: str | dict[str, Any] | None = Field(
-        None, description="engine for this stage (default: the recipe's engine)"
-    )
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    min_p: float = Field(0.0, ge=0, le=1)
-    repeat_penalty: float = Field(1.0, gt=0)
-    seed: int | None = Field(None, description="sampling seed (default: the recipe seed)")
-
-    def llm(self, ctx: StageContext) -> Engine:
-        return ctx.engine(self.engine)
-
-    def template_files(self) -> list[str]:
-        """Template paths this stage reads (part of its fingerprint)."""
-        return []
-
-    def fingerprint_extra(self, ctx: StageContext) -> Any:
-        return {
-            "templates": [load_template(ctx, p) for p in self.template_files()],
-            "engine": self.llm(ctx).identity(),
-            "seed": self.seed if self.seed is not None else ctx.seed,
-        }
-
-    def request(
-        self,
-        ctx: StageContext,
-        key: Sequence[Any],
-        *,
-        messages: list[dict[str, str]] | None = None,
-        prompt: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        stop: list[str] | None = None,
-        n: int = 1,
-    ) -> Request:
-        """One request; its sampling seed derives from the recipe seed, the stage
-        and `key`, so a re-run sends the same requests and the cache answers."""
-        temp = self.temperature if temperature is None else temperature
-        base = self.seed if self.seed is not None else ctx.seed
-        return Request(
-            messages=messages,
-            prompt=prompt,
-            max_tokens=max_tokens or self.max_tokens,
-            temperature=temp,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            repeat_penalty=self.repeat_penalty,
-            stop=list(stop or []),
-            n=n,
-            seed=derive_seed(base, ctx.stage_name, *key) if temp > 0 else 0,
-        )
-
-    def provenance(self, engine: Engine, req: Request, resp: Response, comp: Completion,
-                   template: str = "") -> dict[str, Any]:
-        return {
-            "engine": engine.kind,
-            "model": engine.identity().get("model"),
-            "template_hash": template_hash(template),
-            "sampling": {k: v for k, v in req.sampling().items() if k != "json_schema"},
-            "created_at": round(time.time(), 3),
-            "cached": resp.cached,
-            "finish_reason": comp.finish_reason,
-            "tokens": comp.tokens,
-        }
-
-
-def load_template(ctx: StageContext, path: str) -> str:
-    """A template file relative to the recipe; when the recipe's folder has no such
-    file (a recipe written elsewhere that names a built-in template), the copy
-    shipped with smolforge."""
-    from smolforge.recipe import BUILTIN_DIR
-
-    p = Path(path).expanduser()
-    if not p.is_absolute() and not (ctx.recipe_dir / p).exists() and (BUILTIN_DIR / p).exists():
-        return (BUILTIN_DIR / p).read_text()
-    return load_source(None, path, ctx.recipe_dir)
-
-
-def render_file(source: str, variables: dict[str, Any], path: str) -> str:
-    """Render a stage's template; a broken template stops the run naming its file."""
-    try:
-        return render(source, variables)
-    except Exception as e:
-        raise TemplateError(f"{path}: {type(e).__name__}: {e}") from None
-
-
-def spread(records: list[Record], n: int) -> list[list[Record]]:
-    """Records split over `n` output shards in order, sizes differing by at most 1."""
-    n = max(n, 1)
-    out: list[list[Record]] = [[] for _ in range(n)]
-    for i, rec in enumerate(records):
-        out[i * n // max(len(records), 1)].append(rec)
-    return out
-
-
-def with_knobs(rec: Record, knobs: dict[str, Any], stage: str | None = None,
-               prov: dict | None = None) -> Record:
-    """A copy of `rec` whose `meta.knobs` has `knobs` merged in (and the stage's
-    provenance under `meta[stage]`)."""
-    meta = dict(rec.get("meta") or {})
-    meta["knobs"] = {**(meta.get("knobs") or {}), **knobs}
-    if stage and prov is not None:
-        meta[stage] = prov
-    return {**rec, "meta": meta}
-
-
-def new_meta(ctx: StageContext) -> dict[str, Any]:
-    """Provenance of a record a stage creates (sources get this from the runner)."""
-    return {"recipe": ctx.recipe_name, "seed": ctx.seed, "created_by": ctx.stage_name,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def first_completion(resp: Response) -> Completion | None:
-    return resp.completions[0] if not resp.error and resp.completions else None
-
-
-def input_records(shards: Shards) -> Iterator[tuple[int, Record]]:
-    for i in range(len(shards)):
-        for rec in shards[i]:
-            yield i, rec
-
 
 # ---------------------------------------------------------------- self-instruct
 

@@ -29,7 +29,7 @@ from smolforge.engines.chat_template import CHATML, ChatTemplate
 from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
-from smolforge.stages.synth.instruct import LoopLLM, first_completion, load_template, with_knobs
+from smolforge.stages.llm import LoopLLM, first_completion, load_template, with_knobs
 
 LLAMA3 = (
     "{{ '<|begin_of_text|>' }}{% for message in messages %}"

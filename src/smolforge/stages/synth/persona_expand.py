@@ -22,7 +22,7 @@ from smolforge.context import StageContext
 from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
-from smolforge.stages.synth.instruct import (
+from smolforge.stages.llm import (
     LoopLLM,
     first_completion,
     input_records,

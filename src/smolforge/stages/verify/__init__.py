@@ -1,1 +1,1 @@
-"""verify"""
+"""Verifiable data: IFEval constraints, JSON schemas, code run against its tests in the sandbox."""
