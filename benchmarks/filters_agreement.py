@@ -32,12 +32,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from smolforge.stages.quality.heuristics import (
-    C4Filter,
-    FineWebFilter,
-    GopherQuality,
-    GopherRepetition,
-)
+from smolforge.stages.quality.c4 import C4Filter
+from smolforge.stages.quality.fineweb import FineWebFilter
+from smolforge.stages.quality.gopher import GopherQuality, GopherRepetition
 
 MAX_CHARS = 20_000
 _ROFF_ESCAPE = re.compile(r"\\f(?:\[[^\]]*\]|\(..|.)|\\\*(?:\(..|\[[^\]]*\]|.)|\\\(..|\\[&|^%:]")

@@ -29,15 +29,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from filters_agreement import build_corpus, datatrove_filters  # noqa: E402
 
 from smolforge.context import EnginePool, StageContext  # noqa: E402
-from smolforge.stages.quality import heuristics  # noqa: E402
-from smolforge.stages.quality.heuristics import (  # noqa: E402
-    C4Filter,
-    FineWebFilter,
-    GopherQuality,
-    GopherRepetition,
-    Length,
-)
+from smolforge.stages.quality.c4 import C4Filter  # noqa: E402
+from smolforge.stages.quality.fineweb import FineWebFilter  # noqa: E402
+from smolforge.stages.quality.gopher import GopherQuality, GopherRepetition  # noqa: E402
 from smolforge.stages.quality.language import Language, _load_identifier  # noqa: E402
+from smolforge.stages.quality.length import Length  # noqa: E402
+from smolforge.text import tokenizers  # noqa: E402
 
 
 def rule(reason: str) -> str:
@@ -75,7 +72,7 @@ def main() -> None:
             "c4_filter": C4Filter(), "fineweb_filter": FineWebFilter(char_duplicates_ratio=0.01)}
     failed = False
     for name, f in ours.items():
-        heuristics._chunk_cache.clear()  # no filter profits from another's token cache
+        tokenizers._chunk_cache.clear()  # no filter profits from another's token cache
         ours_rate, reasons = timed(lambda f=f: [f.check(r) for r in records], n, args.repeat)
         dt = theirs[name]
         try:

@@ -24,17 +24,12 @@ from datatrove.pipeline.filters.gopher_repetition_filter import (
 
 from smolforge.context import EnginePool, StageContext
 from smolforge.registry import stages
-from smolforge.stages.quality.heuristics import (
-    C4Filter,
-    FineWebFilter,
-    GopherQuality,
-    GopherRepetition,
-    Length,
-    count_sentences,
-    spacy_rules_tokens,
-    spacy_tokens,
-)
+from smolforge.stages.quality.c4 import C4Filter
+from smolforge.stages.quality.fineweb import FineWebFilter
+from smolforge.stages.quality.gopher import GopherQuality, GopherRepetition
 from smolforge.stages.quality.language import Language
+from smolforge.stages.quality.length import Length
+from smolforge.text.tokenizers import count_sentences, spacy_rules_tokens, spacy_tokens
 
 GOOD = [
     # An encyclopedia-style article.

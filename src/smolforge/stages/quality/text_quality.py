@@ -44,8 +44,8 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from smolforge.registry import stages
 from smolforge.stages.base import FilterStage, Record
-from smolforge.stages.quality.heuristics import all_tokens
 from smolforge.text import words
+from smolforge.text.tokenizers import all_tokens
 
 REFUSAL_PHRASES: tuple[str, ...] = (
     "I'm sorry",
