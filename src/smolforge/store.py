@@ -266,6 +266,11 @@ class StageDir:
         m = self.marker(j) or {}
         return m.get("stats", {})
 
+    def records_out(self, n: int | None = None) -> int:
+        """Records the stage kept over its first `n` shards (default: all it has done)."""
+        n = self.done["shards"] if n is None else n
+        return sum(self.shard_stats(j)["out"] for j in range(n))
+
     def digest(self, j: int) -> str | None:
         """The committed data file's hash: what later stages record as their input."""
         m = self.marker(j)
