@@ -9,9 +9,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from smolforge.context import StageContext
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +71,13 @@ def llama_server() -> Iterator[str]:
 
     with llama_cpp_server() as url:
         yield url
+
+
+def stage_ctx(recipe_dir: Path, *, stage: str = "", seed: int = 0, engine: Any = "llamacpp",
+              **kw: Any) -> StageContext:
+    """A StageContext for calling one stage directly, as the runner would (no run
+    directory unless `run_dir=`, no response cache)."""
+    from smolforge.context import EnginePool, StageContext
+
+    return StageContext(recipe_name="t", recipe_dir=recipe_dir, seed=seed, default_engine=engine,
+                        pool=EnginePool(), cache=None, stage_name=stage, **kw)

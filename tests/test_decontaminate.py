@@ -26,8 +26,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import stage_ctx
 
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.stages.curate.decontaminate import Decontaminate, word_grams
 
@@ -40,8 +41,7 @@ _FULLWIDTH = {c: chr(ord(c) + 0xFEE0) for c in "abcdefghijklmnopqrstuvwxyzABCDEF
 
 
 def ctx(tmp_path: Path) -> StageContext:
-    return StageContext(recipe_name="t", recipe_dir=tmp_path, seed=0, default_engine="llamacpp",
-                        pool=EnginePool(), cache=None)
+    return stage_ctx(tmp_path)
 
 
 def disguise(text: str, rng: random.Random) -> str:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import stage_ctx
 
 from smolforge import corpora
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import StageContext
 from smolforge.stages.base import Shards
 from smolforge.stages.curate.dedup import Dedup
 from smolforge.text.minhash import MinHasher, MinHashLSH, connected_min, estimated_jaccard
@@ -100,10 +101,7 @@ def plant(text: str, target: float, rng: random.Random, vocab: list[str]) -> tup
 
 
 def make_ctx(tmp_path: Path) -> StageContext:
-    return StageContext(
-        recipe_name="test", recipe_dir=tmp_path, seed=0, default_engine="llamacpp",
-        pool=EnginePool(), cache=None, stage_name="dedup", run_dir=tmp_path,
-    )
+    return stage_ctx(tmp_path, stage="dedup", run_dir=tmp_path)
 
 
 class ListShards(Shards):

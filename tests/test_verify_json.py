@@ -11,10 +11,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import write_recipe
+from conftest import stage_ctx, write_recipe
 from faultproxy import Fault, FaultProxy, canned_server
 
-from smolforge.context import EnginePool, StageContext
+from smolforge.context import StageContext
 from smolforge.engines.base import Request
 from smolforge.engines.openai import OpenAIEngine
 from smolforge.recipe import RecipeError, load_recipe
@@ -35,9 +35,7 @@ SCHEMA = {
 
 
 def ctx(tmp_path: Path) -> StageContext:
-    return StageContext(recipe_name="t", recipe_dir=tmp_path, seed=1, default_engine="llamacpp",
-                        pool=EnginePool(), cache=None, stage_name="verify_json",
-                        allowed_roots=[tmp_path])
+    return stage_ctx(tmp_path, stage="verify_json", seed=1, allowed_roots=[tmp_path])
 
 
 def rec(i: int, text, finish: str = "stop", tokens: int = 5) -> dict:
