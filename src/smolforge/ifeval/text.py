@@ -13,7 +13,7 @@ orthographic table: where Punkt asks "has this next word been seen lower-case?",
 we answer from a list of common English words. That only matters after an
 abbreviation, an initial, a number or an ellipsis followed by a capitalised word
 (`Dr. Smith` stays one sentence, `etc. The` splits, as in Punkt).
-`tests/test_ifeval_constraints.py` checks agreement with NLTK's real Punkt run on
+`tests/ifeval/test_ifeval_constraints.py` checks agreement with NLTK's real Punkt run on
 the English parameters.
 """
 

@@ -18,7 +18,7 @@ A card fits when weights + KV cache <= 90% of its memory (vLLM's default
 All sizes in decimal GB (1e9 bytes), as cards are sold.
 
 Checked against the seed's figures for a 22B model (Mistral-Small-22B's published
-config): 44.5 GB fp16, 22.9 int8, 17.4 6-bit, 11.8 4-bit (tests/test_estimate.py).
+config): 44.5 GB fp16, 22.9 int8, 17.4 6-bit, 11.8 4-bit (tests/train/test_estimate.py).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import smolforge
+from conftest import ROOT, smolforge
 
-RECIPES = Path(__file__).resolve().parents[1] / "src" / "smolforge" / "recipes"
+RECIPES = ROOT / "src" / "smolforge" / "recipes"
 
 
 @pytest.mark.slow

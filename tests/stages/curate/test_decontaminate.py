@@ -26,13 +26,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import stage_ctx
+from conftest import ROOT, stage_ctx
 
 from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.stages.curate.decontaminate import Decontaminate, word_grams
 
-DATA = Path(__file__).parent / "data"
+DATA = ROOT / "tests" / "data"
 SAMPLE = DATA / "humaneval_sample.jsonl"
 HUMANEVAL = {"path": str(SAMPLE), "name": "humaneval", "fields": ["prompt", "canonical_solution"],
              "id_field": "task_id"}

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT as REPO
 
 from smolforge.sandbox import Job, Limits, SandboxUnavailable, open_sandbox
 from smolforge.sandbox import bwrap as bwrap_mod
@@ -515,7 +516,7 @@ def test_no_cgroup_is_left_behind(tmp_path):
         "sb.run_one(Job('x = 1', 'assert x == 1'))\nprint('ready', flush=True)\n"
         "sb.run([Job('import time\\ntime.sleep(50)', 'assert True')] * 2)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     p = subprocess.Popen([os.sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert p.stdout.readline().strip() == "ready"
