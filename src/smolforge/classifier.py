@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from smolforge.stats import pearson, ranks, spearman
 from smolforge.store import atomic_write_bytes
 from smolforge.text.minhash import Batch, prefix_hashes, segment_hashes
 
@@ -218,26 +219,6 @@ def fit(
     return Classifier(features, w, b, meta)
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (for Spearman's rho)."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    first = np.r_[True, xs[1:] != xs[:-1]]
-    group = np.cumsum(first) - 1
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], len(x)]
-    avg = (starts + ends - 1) / 2.0
-    ranks = np.empty(len(x))
-    ranks[order] = avg[group]
-    return ranks
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 2 or a.std() == 0 or b.std() == 0:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def evaluate(pred: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
     """Held-out metrics: F1 of `score >= threshold` (what a filter keeps) against
     the judge, the confusion matrix of rounded scores, and correlations."""
@@ -264,8 +245,8 @@ def evaluate(pred: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str
         "positives": int(truth.sum()),
         "accuracy_rounded": round(float((lab_i == pred_i).mean()), 4) if len(labels) else None,
         "mae": round(float(np.abs(pred - labels).mean()), 4) if len(labels) else None,
-        "pearson": _round(_pearson(pred, labels)),
-        "spearman": _round(_pearson(_ranks(pred), _ranks(labels))),
+        "pearson": _round(pearson(pred, labels)),
+        "spearman": _round(spearman(pred, labels)),
         "confusion": {"labels": classes, "matrix": matrix, "rows": "judge", "cols": "classifier"},
     }
 
@@ -280,5 +261,5 @@ def percentile_buckets(scores: np.ndarray, buckets: int = 20) -> np.ndarray:
     n = len(scores)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    ranks = _ranks(np.asarray(scores, dtype=np.float64))  # ties share a bucket
-    return np.minimum((ranks * buckets / n).astype(np.int64), buckets - 1)
+    r = ranks(scores) - 1  # 0-based average ranks: ties share a bucket
+    return np.minimum((r * buckets / n).astype(np.int64), buckets - 1)

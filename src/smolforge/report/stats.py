@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import statistics
@@ -29,7 +28,9 @@ import pyarrow.parquet as pq
 
 from smolforge.licences import Licence, by_id, model_licence
 from smolforge.stages.base import is_engine_error
+from smolforge.stats import histogram
 from smolforge.store import data_files, load_manifest
+from smolforge.text import approx_tokens
 
 _PAREN = re.compile(r"\s*\([^()]*\)\s*$")
 _QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
@@ -420,49 +421,6 @@ def _quiet_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def approx_tokens(text: str) -> int:
-    return math.ceil(len(text or "") / 4)
-
-
-def histogram(values: list[float], bins: int = 10, rejected: list[float] | None = None) -> dict:
-    """Counts per value for small integer ranges (judge scores), else `bins` equal bins.
-    With `rejected` (the scores of dropped records), the bins span both and each bin
-    also counts the rejected ones (`rejected`), so a chart shows where a threshold cut;
-    n, mean, median, min and max stay those of `values`."""
-
-    def clean(vs: list[float]) -> list[float]:
-        return [float(v) for v in vs if v is not None and not (isinstance(v, float) and math.isnan(v))]
-
-    vals, rej = clean(values), clean(rejected or [])
-    both = vals + rej
-    if not both:
-        return {"n": 0, "bins": []}
-    stats: dict[str, Any] = {"n": len(vals)}
-    if vals:
-        stats.update({"min": min(vals), "max": max(vals), "mean": round(statistics.fmean(vals), 4),
-                      "median": statistics.median(vals)})
-    if rejected is not None:
-        stats["rejected_n"] = len(rej)
-    lo, hi = min(both), max(both)
-    if all(v.is_integer() for v in both) and hi - lo <= 20:
-        edges = [(lo + k, lo + k, f"{lo + k:g}") for k in range(int(hi - lo) + 1)]
-
-        def slot(v: float) -> int:
-            return int(v - lo)
-    else:
-        width = (hi - lo) / bins or 1.0
-        edges = [(round(lo + k * width, 4), round(lo + (k + 1) * width, 4),
-                  f"{lo + k * width:.3g}-{lo + (k + 1) * width:.3g}") for k in range(bins)]
-
-        def slot(v: float) -> int:
-            return min(int((v - lo) / width), bins - 1)
-    kept_n, rej_n = Counter(slot(v) for v in vals), Counter(slot(v) for v in rej)
-    stats["bins"] = [{"lo": a, "hi": b, "label": label, "count": kept_n[k],
-                      **({"rejected": rej_n[k]} if rejected is not None else {})}
-                     for k, (a, b, label) in enumerate(edges)]
-    return stats
 
 
 class Diversity:

@@ -4,6 +4,7 @@ of model output."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from typing import Any
@@ -85,3 +86,18 @@ def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if pos is not None:
         raise JSONTooDeep(max_depth, pos)
     return json.loads(text)
+
+
+def count_tokens(text: str) -> int:
+    """Tokens without a model tokenizer: words and punctuation runs (the `regex`
+    tokenizer of `smolforge.text.tokenizers`)."""
+    from smolforge.text.tokenizers import all_tokens
+
+    return len(all_tokens(text))
+
+
+def approx_tokens(text: Any) -> int:
+    """The usual rough count, a token per 4 characters (what `mix` by tokens and the
+    reports use when no model tokenizer is at hand)."""
+    text = text if isinstance(text, str) else "" if text is None else str(text)
+    return math.ceil(len(text) / 4)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from smolforge.stats import bootstrap_ci, bootstrap_indices
 from smolforge.text import loads_json
 
 TASKS = ("json", "fields", "json_constrained", "fields_constrained", "ifeval", "code", "judge")
@@ -68,21 +69,6 @@ class EvalConfig:
 
 
 # --------------------------------------------------------------------- statistics
-
-
-def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-
-
-def bootstrap_ci(scores: np.ndarray, idx: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap of the mean over resample indices `idx`."""
-    scores = np.asarray(scores, dtype=float)
-    if len(scores) == 0:
-        return float("nan"), float("nan"), float("nan")
-    means = scores[idx].mean(axis=1)
-    a = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [a, 100 - a])
-    return float(scores.mean()), float(lo), float(hi)
 
 
 # ------------------------------------------------------------------------ parsing

@@ -14,7 +14,7 @@ from conftest import smolforge, write_recipe
 from test_report_stats import paragraphs
 
 import smolforge as sf
-from smolforge.report.stats import approx_tokens
+from smolforge.text import approx_tokens
 
 
 def _run(tmp: Path, name: str, stages: list[dict], **kw) -> Path:

@@ -41,6 +41,7 @@ from smolforge.paths import FILE, GLOB
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards, SourceStage
 from smolforge.stages.shape.vary import add_knobs
+from smolforge.text import approx_tokens
 
 
 class MixInput(BaseModel):
@@ -61,12 +62,6 @@ class MixInput(BaseModel):
 
     def where(self) -> str:
         return self.run_dir if self.run_dir is not None else str(self.path)
-
-
-def _approx_tokens(text: Any) -> int:
-    from smolforge.report.stats import approx_tokens
-
-    return approx_tokens(text if isinstance(text, str) else "" if text is None else str(text))
 
 
 def read_input(inp: MixInput, ctx: StageContext) -> list[Record]:
@@ -129,7 +124,7 @@ class Mix(_MixBase):
     def read(self, ctx: StageContext) -> Iterator[Record]:
         data = [read_input(i, ctx) for i in self.inputs]
         weight = sum(i.ratio for i in self.inputs)
-        size = [[1] * len(d) if self.by == "records" else [_approx_tokens(r.get(self.column)) for r in d]
+        size = [[1] * len(d) if self.by == "records" else [approx_tokens(r.get(self.column)) for r in d]
                 for d in data]
         avail = [sum(s) for s in size]
         for inp, a in zip(self.inputs, avail):

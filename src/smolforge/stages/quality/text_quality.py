@@ -44,8 +44,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from smolforge.registry import stages
 from smolforge.stages.base import FilterStage, Record
-from smolforge.text import words
-from smolforge.text.tokenizers import all_tokens
+from smolforge.text import count_tokens, words
 
 REFUSAL_PHRASES: tuple[str, ...] = (
     "I'm sorry",
@@ -99,11 +98,6 @@ def is_refusal(text: str, phrases: tuple[str, ...] = REFUSAL_PHRASES, window: in
     head = _fold(text if window is None else text[:window])
     m = _refusal_regex(tuple(phrases)).search(head)
     return m.group(1) if m else None
-
-
-def count_tokens(text: str) -> int:
-    """Approximate token count: words and punctuation runs (no model tokenizer)."""
-    return len(all_tokens(text))
 
 
 @stages.register

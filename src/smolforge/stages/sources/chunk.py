@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from smolforge.context import StageContext
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result
-from smolforge.stages.quality.text_quality import count_tokens
+from smolforge.text import count_tokens
 
 # A sentence ends at . ! ? (and closing quotes/brackets) followed by whitespace and
 # an upper-case letter, digit or opening quote; a blank line always ends one.
