@@ -20,6 +20,16 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
+def chat(user: Any, system: Any = None, assistant: Any = None) -> list[dict[str, str]]:
+    """OpenAI-style chat messages: an optional system turn, the user turn, an optional
+    assistant turn (values as text). The one place smolforge builds a conversation."""
+    msgs = [{"role": "system", "content": str(system)}] if system else []
+    msgs.append({"role": "user", "content": str(user)})
+    if assistant is not None:
+        msgs.append({"role": "assistant", "content": str(assistant)})
+    return msgs
+
+
 @dataclass
 class Request:
     """One prompt: chat `messages` or a raw `prompt` (no chat template)."""

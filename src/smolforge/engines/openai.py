@@ -49,6 +49,7 @@ from smolforge.engines.base import (
     OnResponse,
     Request,
     Response,
+    chat,
 )
 from smolforge.registry import engines
 
@@ -314,8 +315,7 @@ class OpenAIEngine(Engine):
         body: dict[str, Any] = {"model": self.model}
         if kind == "chat":
             body["messages"] = (
-                req.messages if req.messages is not None
-                else [{"role": "user", "content": req.prompt}]
+                req.messages if req.messages is not None else chat(req.prompt)
             )
         else:
             body["prompt"] = req.prompt

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from smolforge.engines.base import chat
 from smolforge.errors import ExportError
 from smolforge.store import atomic_file, data_files, read_data
 
@@ -42,11 +43,7 @@ def to_chat(table: pa.Table, prompt_column: str, response_column: str, system_co
     prompts = table.column(prompt_column).to_pylist()
     responses = table.column(response_column).to_pylist()
     systems = table.column(system_column).to_pylist() if system_column else [None] * len(prompts)
-    messages = []
-    for p, r, s in zip(prompts, responses, systems):
-        m = [{"role": "system", "content": str(s)}] if s else []
-        m += [{"role": "user", "content": str(p)}, {"role": "assistant", "content": str(r)}]
-        messages.append(m)
+    messages = [chat(p, s, assistant=r) for p, r, s in zip(prompts, responses, systems)]
     return pa.table({"id": table.column("id"), "messages": messages})
 
 

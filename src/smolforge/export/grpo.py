@@ -27,6 +27,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from smolforge.engines.base import chat
+
 
 def _drop_nulls(kwargs: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return [{k: v for k, v in (kw or {}).items() if v is not None} for kw in (kwargs or [])]
@@ -82,8 +84,7 @@ def to_grpo(table: pa.Table, prompt_column: str = "prompt", system_column: str |
     v = pick_verifier(cols, verifier)
     rows = []
     for rec in plain_rows(table):  # JSON-text columns decoded (IFEval's `kwargs: [{}]`)
-        msgs = [{"role": "system", "content": str(rec[system_column])}] if system_column and rec.get(system_column) else []
-        msgs.append({"role": "user", "content": str(rec[prompt_column])})
+        msgs = chat(rec[prompt_column], rec.get(system_column) if system_column else None)
         row = {"id": rec["id"], "prompt": msgs}
         for c in v.columns:
             row[c] = rec[c]

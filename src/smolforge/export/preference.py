@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from smolforge.engines.base import chat
+
 PREFERENCE_FORMATS = ("dpo", "kto")
 
 
@@ -33,10 +35,6 @@ def _columns(table: pa.Table, needed: list[str | None]) -> None:
                           f"(columns: {', '.join(cols)}){hint}")
 
 
-def _prompt(p: object, s: object) -> list[dict[str, str]]:
-    return ([{"role": "system", "content": str(s)}] if s else []) + [{"role": "user", "content": str(p)}]
-
-
 def to_dpo(table: pa.Table, prompt_column: str = "prompt", system_column: str | None = None) -> pa.Table:
     _columns(table, [prompt_column, "chosen", "rejected", system_column])
     n = table.num_rows
@@ -46,7 +44,7 @@ def to_dpo(table: pa.Table, prompt_column: str = "prompt", system_column: str | 
     rejected = table.column("rejected").to_pylist()
     out: dict[str, list] = {
         "id": table.column("id").to_pylist(),
-        "prompt": [_prompt(p, s) for p, s in zip(prompts, systems)],
+        "prompt": [chat(p, s) for p, s in zip(prompts, systems)],
         "chosen": [[{"role": "assistant", "content": str(c)}] for c in chosen],
         "rejected": [[{"role": "assistant", "content": str(r)}] for r in rejected],
     }
@@ -73,7 +71,7 @@ def to_kto(table: pa.Table, prompt_column: str = "prompt", system_column: str | 
     rows = [(first[k], k, next(iter(v))) for k, v in labels.items() if len(v) == 1]
     return pa.table({
         "id": [r[0] for r in rows],
-        "prompt": [_prompt(k[1], k[0]) for _, k, _ in rows],
+        "prompt": [chat(k[1], k[0]) for _, k, _ in rows],
         "completion": [[{"role": "assistant", "content": k[2]}] for _, k, _ in rows],
         "label": [lab for _, _, lab in rows],
     })

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from smolforge.context import StageContext, derive_seed
-from smolforge.engines.base import Completion, Engine, Request, Response
+from smolforge.engines.base import Completion, Engine, Request, Response, chat
 from smolforge.licences import licence_id
 from smolforge.paths import FILE
 from smolforge.stages.base import MapStage, Record, Result, Shards, Stage
@@ -129,13 +129,7 @@ class LLMStage(Sampling, MapStage):
             except Exception as e:  # undefined column, bad filter: this record only
                 failed.append((i, f"template error: {type(e).__name__}: {e}"))
                 continue
-            if self.raw:
-                req = Request(prompt=prompt)
-            else:
-                msgs = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompt}
-                ]
-                req = Request(messages=msgs)
+            req = Request(prompt=prompt) if self.raw else Request(messages=chat(prompt, system))
             req.max_tokens, req.temperature = self.max_tokens, self.temperature
             req.top_p, req.top_k, req.min_p, req.repeat_penalty = self.top_p, self.top_k, self.min_p, self.repeat_penalty
             req.stop, req.n, req.json_schema = list(self.stop), self.n, self.schema()

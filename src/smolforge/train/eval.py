@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from smolforge.engines.base import chat
 from smolforge.stats import bootstrap_ci, bootstrap_indices
 from smolforge.text import loads_json
 
@@ -163,7 +164,7 @@ def load_examples(cfg: EvalConfig) -> list[Example]:
                 msgs = msgs[:-1]
         elif cfg.prompt_column in r:
             p = r[cfg.prompt_column]
-            msgs = p if isinstance(p, list) else [{"role": "user", "content": str(p)}]
+            msgs = p if isinstance(p, list) else chat(p)
             target = r.get("completion") if isinstance(r.get("completion"), str) else None
         else:
             raise EvalDataError(f"{where}: no `messages` and no {cfg.prompt_column!r} column")
@@ -247,7 +248,7 @@ def judge_scores(judge: Any, examples: list[Example], base: list[str], cand: lis
     for ex, b, c in zip(examples, base, cand):
         req = ex.messages[-1]["content"]
         for a_, b_ in ((c, b), (b, c)):
-            reqs.append(Request(messages=[{"role": "user", "content": JUDGE_PROMPT.format(request=req, a=a_, b=b_)}],
+            reqs.append(Request(messages=chat(JUDGE_PROMPT.format(request=req, a=a_, b=b_)),
                                 max_tokens=2, temperature=0.0,
                                 json_schema=None))
     out = judge.generate(reqs)

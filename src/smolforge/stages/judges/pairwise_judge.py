@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from smolforge.context import StageContext
-from smolforge.engines.base import Completion, Engine, Request, Response
+from smolforge.engines.base import Completion, Engine, Request, Response, chat
 from smolforge.registry import stages
 from smolforge.stages.base import Record, Result, Shards
 from smolforge.stages.llm import LLMStage
@@ -105,8 +105,7 @@ def pair_requests(records: Sequence[Record], template: str = DEFAULT_PAIRWISE_TE
             if raw:
                 req = Request(prompt=prompt)
             else:
-                msgs = ([{"role": "system", "content": render(system, view)}] if system else [])
-                req = Request(messages=msgs + [{"role": "user", "content": prompt}])
+                req = Request(messages=chat(prompt, render(system, view) if system else None))
             if base is not None:
                 req.temperature, req.top_p, req.seed = base.temperature, base.top_p, base.seed
                 req.top_k, req.min_p, req.repeat_penalty = base.top_k, base.min_p, base.repeat_penalty

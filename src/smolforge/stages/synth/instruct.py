@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from smolforge.context import StageContext
+from smolforge.engines.base import chat
 from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
@@ -190,7 +191,7 @@ class SelfInstruct(LoopLLM, GlobalStage):
                 rng.shuffle(examples)
                 prompts.append(render_file(source, {"examples": examples, "n_new": self.n_new},
                                            self.template_file))
-            reqs = [self.request(ctx, ("round", rnd, j), messages=[{"role": "user", "content": p}])
+            reqs = [self.request(ctx, ("round", rnd, j), messages=chat(p))
                     for j, p in enumerate(prompts)]
             added = 0
             for j, resp in enumerate(ctx.generate(engine, reqs)):
@@ -395,7 +396,7 @@ class EvolInstruct(LoopLLM, GlobalStage):
                 vars_ = {"instruction": rec[self.column], "method": self.methods.get(op, "")}
                 path = self.breadth_template if op == BREADTH else self.depth_template
                 prompts.append(render_file(templates[kind], vars_, path))
-            reqs = [self.request(ctx, ("rewrite", root, rnd), messages=[{"role": "user", "content": p}])
+            reqs = [self.request(ctx, ("rewrite", root, rnd), messages=chat(p))
                     for root, p in zip(roots, prompts)]
             rewrites = ctx.generate(engine, reqs)
             evolved: list[Record | None] = []
@@ -424,7 +425,7 @@ class EvolInstruct(LoopLLM, GlobalStage):
             todo = [k for k, r in enumerate(reasons) if r is None]
             areqs = [
                 self.request(ctx, ("answer", roots[k], rnd),
-                             messages=[{"role": "user", "content": evolved[k][self.column]}],
+                             messages=chat(evolved[k][self.column]),
                              max_tokens=self.answer_max_tokens, temperature=self.answer_temperature)
                 for k in todo
             ]

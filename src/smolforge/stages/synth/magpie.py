@@ -24,7 +24,7 @@ import yaml
 from pydantic import Field
 
 from smolforge.context import StageContext
-from smolforge.engines.base import Engine
+from smolforge.engines.base import Engine, chat
 from smolforge.engines.chat_template import CHATML, ChatTemplate
 from smolforge.paths import FILE
 from smolforge.registry import stages
@@ -63,8 +63,7 @@ class PreQuery:
         self.markup = sorted(set(_MARKUP.findall(before + after)))
 
     def _messages(self, query: str) -> list[dict[str, str]]:
-        sys = [{"role": "system", "content": self.system}] if self.system else []
-        return [*sys, {"role": "user", "content": query}]
+        return chat(query, self.system)
 
     def _split(self, add_generation_prompt: bool) -> tuple[str, str]:
         text = self.template.render(self._messages(_SENTINEL), add_generation_prompt=add_generation_prompt)

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from smolforge.context import StageContext
+from smolforge.engines.base import chat
 from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import GlobalStage, Record, Result, Shards
@@ -132,7 +133,7 @@ class PersonaExpand(LoopLLM, GlobalStage):
                     jobs.append((shard, rec, k, rel))
             prompts = [render_file(source, {"persona": rec[self.column], "relation": rel},
                                    self.template_file) for _, rec, _, rel in jobs]
-            reqs = [self.request(ctx, ("expand", rec["id"], k), messages=[{"role": "user", "content": p}])
+            reqs = [self.request(ctx, ("expand", rec["id"], k), messages=chat(p))
                     for (_, rec, k, _), p in zip(jobs, prompts)]
             frontier = []
             for (shard, rec, k, rel), req, resp in zip(jobs, reqs, ctx.generate(engine, reqs)):
