@@ -27,6 +27,7 @@ from smolforge.engines.cache import ResponseCache
 from smolforge.executors.local import LocalExecutor, commit, snapshot
 from smolforge.progress import StageProgress
 from smolforge.recipe import ALWAYS_COLUMNS, Recipe, RecipeError
+from smolforge.records import append_rows, plain_rows, records_to_table
 from smolforge.registry import closest
 from smolforge.stages.base import (
     GlobalStage,
@@ -41,14 +42,11 @@ from smolforge.stages.llm import stage_engines
 from smolforge.store import (
     RunStore,
     StageDir,
-    append_rows,
     atomic_write_bytes,
     fingerprint_hash,
     load_manifest,
-    plain_rows,
     read_data,
     read_regular,
-    records_to_table,
     sha256,
 )
 from smolforge.target import Rounds, TargetCut, target_forecast  # noqa: F401 - target_forecast: old import path

@@ -75,7 +75,7 @@ def to_grpo(table: pa.Table, prompt_column: str = "prompt", system_column: str |
             verifier: str | None = None) -> pa.Table:
     """Prompt-only conversational records with `ground_truth` and `dataset`."""
     from smolforge.errors import ExportError
-    from smolforge.store import has_empty_struct, plain_rows
+    from smolforge.records import has_empty_struct, plain_rows
 
     cols = table.column_names
     for c in (prompt_column, system_column):

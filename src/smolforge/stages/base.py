@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smolforge.engines.base import UNSERVABLE
 from smolforge.paths import STAGE_NAME, file_digests  # noqa: F401 - re-exported
-from smolforge.records import Record, Reject  # noqa: F401 - re-exported
+from smolforge.records import Record, Reject, records_to_table, table_to_records  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,8 +58,6 @@ class Result:
     def records(self) -> list[Record]:
         """The kept records as dicts, whichever form `kept` has."""
         if isinstance(self.kept, pa.Table):
-            from smolforge.store import table_to_records
-
             return table_to_records(self.kept)
         return self.kept
 
@@ -70,8 +68,6 @@ class Result:
         columns the stage `added` (one value per input row). The kept rows stay
         Arrow; only the rejected ones become records. Most of a cheap stage's cost
         was decoding and re-encoding every kept record's provenance."""
-        from smolforge.store import table_to_records
-
         if added:
             for name, values in added.items():
                 col = pa.array(values)
@@ -183,8 +179,6 @@ class MapStage(Stage):
     def process_table(self, table: pa.Table, ctx: StageContext) -> Result:
         """The runner's entry point: one shard as Arrow. By default every record,
         provenance included, goes to `process` as a dict."""
-        from smolforge.store import table_to_records
-
         batch = table_to_records(table)
         return self.process(batch, ctx) if batch else Result()
 
@@ -200,8 +194,6 @@ class FilterStage(MapStage):
         """A filter reads only the columns it `requires()` (and `id`): it gets
         partial records, and the kept rows are taken from the shard as they are.
         Columns it sets on a record (a language score) are added to the shard."""
-        from smolforge.store import table_to_records
-
         cols = [c for c in table.column_names if c in self.requires() | {"id"}]
         batch = table_to_records(table.select(cols))
         if not batch:
@@ -248,8 +240,6 @@ class Shards(Sequence):
         """Shard `i` as Arrow, for `Result.select`."""
         if self._tables is not None:
             return self._tables(i)
-        from smolforge.store import records_to_table
-
         return records_to_table(self[i])
 
 

@@ -69,7 +69,8 @@ def read_input(inp: MixInput, ctx: StageContext) -> list[Record]:
     if inp.run_dir is not None:
         import pyarrow.parquet as pq
 
-        from smolforge.store import data_files, table_to_records
+        from smolforge.records import table_to_records
+        from smolforge.store import data_files
 
         root = ctx.resolve_path(inp.run_dir)
         if not (root / "manifest.json").exists():
