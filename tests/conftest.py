@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# tests/ mirrors src/; test modules share builders across folders (test_report_stats's
+# build_run, test_dedup's ListShards, test_classify's classifier_recipe), so every folder
+# of tests/ is importable, whichever test file runs alone. Test file names are unique.
+for _folder in sorted(p for p in (ROOT / "tests").rglob("*")
+                      if p.is_dir() and not ({"data", "golden", "__pycache__"} & set(p.parts))):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
+
 # Model-hash memo and any other per-user state stay inside the test session.
 os.environ.setdefault("SMOLFORGE_HOME", str(ROOT / ".pytest_cache" / "smolforge-home"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
