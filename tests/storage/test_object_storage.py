@@ -242,3 +242,22 @@ def test_file_urls_are_local_paths(tmp_path: Path, monkeypatch):
     export(tmp_path / "run", "jsonl", f"file://{tmp_path}/out.jsonl")
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == [r["text"] for r in ROWS_B]
+
+
+def test_the_docs_example_loads_and_its_error_is_the_one_shown(tmp_path: Path):
+    """docs/storage.md's recipe loads as written (the bucket is not listed to check
+    it), and without `allow_paths` fails with the error the page shows."""
+    import re
+
+    from conftest import ROOT
+
+    doc = (ROOT / "docs" / "storage.md").read_text()
+    (block,) = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    (tmp_path / "web-filter.yaml").write_text(block)
+    recipe_ = sf.load_recipe(str(tmp_path / "web-filter.yaml"))
+    assert "s3://corpora/web" in recipe_.allowed_roots
+    (tmp_path / "r.yaml").write_text(block.replace("allow_paths: [s3://corpora/web, s3://evals]", ""))
+    with pytest.raises(RecipeError) as e:
+        sf.load_recipe(str(tmp_path / "r.yaml"))
+    shown = re.search(r"  r\.yaml:\d+: (stages\[0\]\.path: .*)", doc).group(1)
+    assert shown in str(e.value)

@@ -76,7 +76,7 @@ def export(
                               "export to a local folder (or --format parquet to the URL)")
         from smolforge.report.card import export_hf
 
-        return export_hf(run_dir, to, licence=licence, force=force)
+        return export_hf(run_dir, remote.local_path(str(to)), licence=licence, force=force)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     to = Path(remote.local_path(str(to))) if url is None else to
