@@ -77,13 +77,13 @@ def has_magic(url: str) -> bool:
 
 def fixed_prefix(url: str) -> str:
     """The part of a URL glob before the segment holding its first wildcard."""
-    parts = normalise(url).split("/")
+    parts = normalise(url).split("/")  # ["s3:", "", "bucket", ...]
     keep = []
     for p in parts:
         if has_magic(p):
             break
         keep.append(p)
-    return "/".join(keep)
+    return "/".join(keep) if len(keep) > 2 else f"{scheme(url)}://"  # a wildcard bucket
 
 
 def inside(url: str, root: str) -> bool:

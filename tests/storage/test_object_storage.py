@@ -164,6 +164,10 @@ def test_a_url_needs_an_allowed_prefix(s3: S3, tmp_path: Path):
     with pytest.raises(RecipeError, match=r"stages\[0\]\.path.*'s3://.*/input/\*\.jsonl'"):
         Recipe.from_dict({"name": "x", "stages": [{"type": "read", "path": s3.url("input/*.jsonl")}]},
                          allow_paths=[f"s3://{s3.bucket}/in"])
+    # a wildcard in the bucket name is checked as the whole store: refused
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.path: 's3://sf-\*/in/a.jsonl' is not under"):
+        Recipe.from_dict({"name": "x", "stages": [{"type": "read", "path": "s3://sf-*/in/a.jsonl"}]},
+                         allow_paths=[f"s3://{s3.bucket}"])
     # `--set` on the command line allows what it names, as for local files
     r = Recipe.from_dict({"name": "x", "stages": [{"type": "read", "path": "x.jsonl"}]},
                          overrides=[f"stages[0].path={s3.url('in/*.jsonl')}"])
@@ -197,7 +201,7 @@ def test_credentials_are_never_read_from_a_recipe_or_shown(s3: S3, tmp_path: Pat
 
 def test_the_secret_never_reaches_the_run_directory(s3: S3, tmp_path: Path, monkeypatch):
     """The real CLI, credentials from SMOLFORGE_STORAGE_OPTIONS only (no AWS_*
-    keys): run, resume, export to the bucket; the secret is in no file of the run
+    keys), the bucket allowed with --allow-path: run, resume, export to the bucket; the secret is in no file of the run
     directory, the export, the recipe copy or the output."""
     upload(s3)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
@@ -205,11 +209,11 @@ def test_the_secret_never_reaches_the_run_directory(s3: S3, tmp_path: Path, monk
     monkeypatch.setenv("SMOLFORGE_STORAGE_OPTIONS", json.dumps(
         {"s3": {"key": "sf-test-key", "secret": SECRET, "endpoint_url": s3.endpoint}}))
     (tmp_path / "r.yaml").write_text(json.dumps(recipe(
-        [s3.url("in/*.jsonl"), s3.url("in/c.parquet")], s3.url("bench/qa.jsonl"), [f"s3://{s3.bucket}"])))
+        [s3.url("in/*.jsonl"), s3.url("in/c.parquet")], s3.url("bench/qa.jsonl"), None)))
     env = {"OMP_NUM_THREADS": "1"}
     outputs, codes = [], []
-    for args in (["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")],
-                 ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")],  # resumes
+    run = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--allow-path", f"s3://{s3.bucket}"]
+    for args in (run, run,  # the second resumes
                  ["export", str(tmp_path / "run"), "--format", "jsonl", "--to", s3.url("out/x.jsonl")],
                  ["export", str(tmp_path / "run"), "--format", "jsonl", "--to", s3.url("out/x.jsonl")]):
         p = smolforge(*args, cwd=tmp_path, env=env, timeout=SUBPROCESS_TIMEOUT)

@@ -1,6 +1,7 @@
 """Source stages: where records come from.
 
-- `read`: JSONL, JSON, Parquet, CSV and plain-text files or globs.
+- `read`: JSONL, JSON, Parquet, CSV and plain-text files or globs, local or by URL
+  (`s3://bucket/data/*.parquet` through fsspec; docs/storage.md).
 - `items`: an inline list in the recipe.
 - `combine`: Cosmopedia's diversity mechanism, combinations of lists (topics x
   audiences x formats ...), all of them or `count` sampled with the recipe seed.
