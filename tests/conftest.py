@@ -81,6 +81,36 @@ def llama_server() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One S3-compatible server (moto) on 127.0.0.1 for the whole session."""
+    from servers import moto_s3_server
+
+    with moto_s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh bucket on the local S3 server; the usual AWS_* variables (a secret
+    key, AWS_ENDPOINT_URL) point every boto/s3fs client at it, as a user's shell would."""
+    import s3fs
+    from servers import S3, S3_KEY, S3_SECRET
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "SMOLFORGE_STORAGE_OPTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key=S3_KEY, secret=S3_SECRET)
+    bucket = "sf-" + os.urandom(6).hex()
+    fs.mkdir(bucket)
+    return S3(s3_endpoint, bucket, fs)
+
+
 def stage_ctx(recipe_dir: Path, *, stage: str = "", seed: int = 0, engine: Any = "llamacpp",
               **kw: Any) -> StageContext:
     """A StageContext for calling one stage directly, as the runner would (no run

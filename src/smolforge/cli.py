@@ -51,8 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
     r.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     r.add_argument("--allow-path", dest="allow_paths", action="append", default=[], metavar="DIR",
-                   help="let the recipe read files under DIR too (repeatable; default: only the "
-                   "recipe's folder and the working directory)")
+                   help="let the recipe read files under DIR too, or URLs under a prefix such as "
+                   "s3://bucket/data (repeatable; default: only the recipe's folder and the "
+                   "working directory; docs/storage.md)")
     r.add_argument("--allow-empty", action="store_true",
                    help="exit 0 even when the run keeps no records (default: exit 3)")
     from smolforge.executors import add_run_arguments
@@ -80,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a run's data")
     e.add_argument("run_dir")
     e.add_argument("--format", required=True, choices=["jsonl", "parquet", "chat", "hf", "dpo", "kto", "grpo"])
-    e.add_argument("--to", required=True, help="output file (hf: a folder)")
+    e.add_argument("--to", required=True, help="output file or URL (s3://bucket/key, docs/storage.md; "
+                   "hf: a local folder)")
     e.add_argument("--license", help="hf: the dataset's licence in the card (default: other)")
     e.add_argument("--split", help="only the records whose `split` column is this (jsonl, parquet, chat)")
     e.add_argument("--prompt-column", help="chat, dpo, kto, grpo: the user turn (default: the prompt that "

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from smolforge import remote
 from smolforge.engines.base import Engine, Request, Response
 from smolforge.engines.cache import CacheStats, ResponseCache, cached_generate
 from smolforge.paths import PACKAGE_DIR, PathNotAllowed, check_inside, default_roots  # noqa: F401 - re-exported
@@ -68,7 +69,7 @@ class StageContext:
         stage_name: str = "",
         on_tokens: Callable[[int], None] | None = None,
         run_dir: Path | None = None,
-        allowed_roots: Sequence[Path] | None = None,
+        allowed_roots: Sequence[Path | str] | None = None,
         on_response: Callable[[Response], None] | None = None,
     ):
         self.recipe_name = recipe_name
@@ -105,7 +106,7 @@ class StageContext:
         """A file the recipe names, relative to the recipe's folder. The recipe was
         checked when it was loaded; with `allowed_roots` this is the backstop for
         files that changed since (a new symlink): outside them is a RecipeError."""
-        p = Path(path).expanduser()
+        p = Path(remote.local_path(str(path))).expanduser()
         p = p if p.is_absolute() else self.recipe_dir / p
         if self.allowed_roots is None:
             return p
@@ -117,6 +118,20 @@ class StageContext:
 
             raise RecipeError([str(e)]) from None
         return p
+
+    def resolve_input(self, path: str) -> Path | remote.RemoteFile:
+        """An input file the recipe names in a field that reads URLs (`decontaminate`'s
+        benchmarks): a URL under an allowed prefix as a RemoteFile, else `resolve_path`."""
+        if not remote.is_remote(path):
+            return self.resolve_path(path)
+        if self.allowed_roots is not None:
+            try:
+                check_inside(path, self.allowed_roots, repr(path))
+            except PathNotAllowed as e:
+                from smolforge.errors import RecipeError
+
+                raise RecipeError([str(e)]) from None
+        return remote.RemoteFile(path)
 
     def rng(self, *parts: Any) -> random.Random:
         return random.Random(derive_seed(self.seed, self.stage_name, *parts))

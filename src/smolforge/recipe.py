@@ -6,6 +6,7 @@ expected an integer, got "lots"`) and, for a typo, the closest valid name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import typing
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from smolforge import remote
 from smolforge.errors import RecipeError
 from smolforge.paths import (
     PathNotAllowed,
@@ -34,6 +36,7 @@ from smolforge.paths import (
     fixed_prefix,
     path_fields,
     path_role,
+    value_kind,
 )
 from smolforge.registry import UnknownName, closest
 from smolforge.registry import stages as stage_registry
@@ -77,7 +80,8 @@ class Recipe(BaseModel):
         "checkpoint every response in the cache, so a kill loses no paid-for work)")
     allow_paths: list[str] | None = Field(
         None, description="folders outside the recipe's folder and the working directory that "
-        "files named in the recipe may come from (relative: to the recipe)"
+        "files named in the recipe may come from (relative: to the recipe), and URL prefixes "
+        "(`s3://bucket/prefix`) its URLs may name"
     )
     target: Target | None = Field(
         None, description="exactly this many records: generate in rounds until they survive every stage")
@@ -92,7 +96,7 @@ class Recipe(BaseModel):
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str | None = PrivateAttr(None)
-    _roots: tuple[Path, ...] = PrivateAttr(())
+    _roots: tuple[Path | str, ...] = PrivateAttr(())
 
     @property
     def base_dir(self) -> Path:
@@ -100,7 +104,7 @@ class Recipe(BaseModel):
         return self._base_dir
 
     @property
-    def allowed_roots(self) -> tuple[Path, ...]:
+    def allowed_roots(self) -> tuple[Path | str, ...]:
         """Folders files named in the recipe may lie in (resolved): its folder, the
         working directory when it was loaded, smolforge's package, `allow_paths`
         and `--allow-path`. Pass to `StageContext(allowed_roots=...)`."""
@@ -148,7 +152,7 @@ class Recipe(BaseModel):
         return Recipe.from_dict(data, base_dir=self._base_dir, source=self._source,
                                 overrides=overrides, allow_paths=extra)
 
-    def _cli_allow(self) -> tuple[Path, ...]:
+    def _cli_allow(self) -> tuple[Path | str, ...]:
         """The allowed folders that came from outside the recipe (`--allow-path`)."""
         own = set(default_roots(self._base_dir, self.allow_paths or ()))
         return tuple(r for r in self.allowed_roots if r not in own)
@@ -402,8 +406,13 @@ def _validate(data: Any, *, base_dir: Path, source: str | None, lines: dict,
         raise RecipeError([f"{source or 'recipe'}: expected a mapping with name and stages"])
     own = data.get("allow_paths")
     own = [str(a) for a in own] if isinstance(own, list) else []
-    cli = [Path(a).expanduser().absolute() for a in allow_paths or []]  # relative: to the cwd
-    roots = default_roots(base_dir, [*own, *cli, *_set_dirs(data, set_paths or {}, base_dir)])
+    cli = [a if remote.is_remote(str(a)) else Path(remote.local_path(str(a))).expanduser().absolute()
+           for a in allow_paths or []]  # relative: to the cwd
+    try:
+        roots = default_roots(base_dir, [*own, *cli, *_set_dirs(data, set_paths or {}, base_dir)])
+    except PathNotAllowed as e:  # a malformed URL prefix (credentials in it, `..`)
+        probs.add(("allow_paths",), str(e))
+        raise RecipeError(probs.items) from None
     raw_stages = data.get("stages")
     valid: list[tuple[int, Stage]] = []  # (index in the recipe, stage) of the stages that validated
     if isinstance(raw_stages, list):
@@ -488,11 +497,11 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for a in typing.get_args(annotation) for m in _models_in(a)]
 
 
-def _set_dirs(data: Any, set_paths: dict[tuple, str], base_dir: Path) -> list[Path]:
+def _set_dirs(data: Any, set_paths: dict[tuple, str], base_dir: Path) -> list[Path | str]:
     """Folders of the files named on the command line with `--set` (`--set
     stages[0].path=/data/*.jsonl`): the user typed them, so they are allowed as
     if given with `--allow-path`; only a recipe's own paths are confined."""
-    out: list[Path] = []
+    out: list[Path | str] = []
 
     def walk(value: Any, keys: tuple) -> None:
         if isinstance(value, dict):
@@ -503,8 +512,11 @@ def _set_dirs(data: Any, set_paths: dict[tuple, str], base_dir: Path) -> list[Pa
                 walk(v, keys)
         elif isinstance(value, str) and keys:
             kind = _role_by_name().get(keys[-1]) or ("file" if "lists" in keys else None)
-            if kind in ("glob", "file", "run"):
-                p = Path(value).expanduser()
+            if kind in ("glob", "file", "run") and remote.is_remote(value):
+                with contextlib.suppress(remote.RemoteError):  # a bad URL: refused when checked
+                    out.append(remote.fixed_prefix(value) if remote.has_magic(value) else value)
+            elif kind in ("glob", "file", "run"):
+                p = Path(remote.local_path(value)).expanduser()
                 p = p if p.is_absolute() else base_dir / p
                 fixed = fixed_prefix(p)
                 out.append(Path(*fixed) if len(fixed) < len(p.parts) else p.parent)
@@ -539,7 +551,7 @@ def _validate_stage(raw: Any, i: int, probs: _Problems, base_dir: Path, roots: t
     # so that a file outside the allowed folders is never opened, even for an error.
     before = len(probs.items)
     for key, value in raw.items():
-        kind = path_role(cls, str(key))
+        kind = value_kind(cls, str(key), value)
         if kind is not None and kind != "values" and isinstance(value, str):
             try:
                 for shown, candidate in candidates(value, kind, base_dir):

@@ -37,7 +37,7 @@ class ContextSpec:
     default_engine: EngineSpec
     stage_name: str
     run_dir: Path | None
-    allowed_roots: tuple[Path, ...] | None = field(default=None)
+    allowed_roots: tuple[Path | str, ...] | None = field(default=None)  # str: a URL prefix
 
     @classmethod
     def of(cls, ctx: StageContext) -> ContextSpec:

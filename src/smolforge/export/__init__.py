@@ -3,17 +3,22 @@
 An export is written under a temporary name and renamed into place, so a kill or
 a full disk leaves any earlier file whole. It never writes through a symbolic
 link and never replaces an existing file without `force` (`--force`; a link is
-then replaced itself, its target untouched)."""
+then replaced itself, its target untouched).
+
+`--to` may be a URL (`s3://bucket/exports/data.parquet`, docs/storage.md): the same
+rules hold as far as an object store allows (remote.atomic_object: a temporary key
+moved into place; an existing object is replaced only with `force`)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from smolforge import remote
 from smolforge.engines.base import chat
 from smolforge.errors import ExportError
 from smolforge.store import atomic_file, data_files, read_data
@@ -61,14 +66,18 @@ def export(
 ) -> int:
     if not data_files(run_dir):
         raise ExportError(f"{run_dir}: no data (has the run finished?)")
+    url = str(to) if remote.is_remote(str(to)) else None
     if fmt == "hf":  # a Hugging Face dataset folder: one Parquet file per `split`, and the card
+        if url is not None:
+            raise ExportError(f"{url}: --format hf writes a folder, which cannot go to a URL yet; "
+                              "export to a local folder (or --format parquet to the URL)")
         from smolforge.report.card import export_hf
 
-        return export_hf(run_dir, to, licence=licence, force=force)
+        return export_hf(run_dir, remote.local_path(str(to)), licence=licence, force=force)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-    to = Path(to)
-    check_target(to, force)  # before the work, and again when it is done (below)
+    to = Path(remote.local_path(str(to))) if url is None else to
+    check_target(url or to, force)  # before the work, and again when it is done (below)
     # chat, dpo, kto, grpo: the columns the recipe declared unless named (export/columns.py)
     from smolforge.export.columns import choose_columns, describe
 
@@ -92,19 +101,40 @@ def export(
     if columns:  # which column played which role, in the file (Parquet) too
         meta = {b"smolforge.columns": json.dumps(columns).encode()}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    check_target(to, force)
+    check_target(url or to, force)
+    parquet = fmt == "parquet" or (fmt != "jsonl" and PurePosixPath(str(to)).suffix == ".parquet")
+    if url is not None:
+        with remote.atomic_object(url) as f:
+            _write(table, parquet, f)
+        return table.num_rows
     to.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(to) as f:
-        if fmt == "parquet" or (fmt != "jsonl" and to.suffix == ".parquet"):
-            pq.write_table(table, f)
-        else:
-            for row in table.to_pylist():
-                f.write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode())
+        _write(table, parquet, f)
     return table.num_rows
 
 
-def check_target(to: Path, force: bool) -> None:
-    """Refuse to write through a link or over an existing file (unless `force`)."""
+def _write(table: pa.Table, parquet: bool, f) -> None:
+    if parquet:
+        pq.write_table(table, f)
+    else:
+        for row in table.to_pylist():
+            f.write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode())
+
+
+def check_target(to: Path | str, force: bool) -> None:
+    """Refuse to write through a link or over an existing file (unless `force`). A
+    URL: refuse a prefix with objects under it, and an existing object (unless `force`)."""
+    if isinstance(to, str):
+        try:
+            state = remote.object_state(to)
+        except remote.RemoteError as e:
+            raise ExportError(str(e)) from None
+        if state == "folder":
+            raise ExportError(f"{to}: objects lie under this prefix; name an object")
+        if state == "object" and not force:
+            raise ExportError(f"{to}: exists; export does not overwrite an object (--force to "
+                              "replace it, or choose another --to)")
+        return
     if to.is_symlink():
         if not force:
             raise ExportError(f"{to}: is a symbolic link; export never writes through a link "

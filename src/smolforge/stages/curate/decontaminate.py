@@ -44,8 +44,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from smolforge.context import StageContext
-from smolforge.paths import GLOB
+from smolforge.paths import GLOB_OR_URL
 from smolforge.registry import stages
+from smolforge.remote import RemoteFile
 from smolforge.stages.base import MapStage, Record, Result
 from smolforge.text import flatten
 from smolforge.text.ngrams import (
@@ -76,7 +77,8 @@ class Benchmark(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Annotated[str, GLOB] = Field(description="the file (relative to the recipe)")
+    path: Annotated[str, GLOB_OR_URL] = Field(
+        description="the file (relative to the recipe), or a URL (`s3://bucket/mmlu.jsonl`, docs/storage.md)")
     name: str | None = Field(None, description="name in reasons (default: the file name)")
     fields: list[str] = Field(min_length=1, description="fields holding the benchmark text")
     id_field: str | None = Field(None, description="field naming an item (default: its row)")
@@ -85,13 +87,13 @@ class Benchmark(BaseModel):
     def label(self) -> str:
         if self.name:
             return self.name
-        base = Path(self.path).name
+        base = Path(self.path.rstrip("/")).name
         for suffix in (".gz", ".jsonl", ".json", ".parquet", ".csv", ".tsv"):
             base = base.removesuffix(suffix)
         return base
 
 
-def _file_format(path: Path, declared: str) -> str:
+def _file_format(path: Path | RemoteFile, declared: str) -> str:
     if declared != "auto":
         return declared
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
@@ -109,18 +111,24 @@ def _file_format(path: Path, declared: str) -> str:
     return fmt
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_text(path: Path | RemoteFile) -> io.TextIOBase:
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115
+        # an object: gzip reads the fsspec file (closed with it by the garbage collector)
+        src = path if isinstance(path, Path) else path.open("rb")
+        return gzip.open(src, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
+    return path.open("r", encoding="utf-8", newline="")  # type: ignore[return-value]
 
 
-def read_rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
-    """The rows of a benchmark file as dicts."""
+def read_rows(path: Path | RemoteFile, fmt: str) -> Iterator[dict[str, Any]]:
+    """The rows of a benchmark file (local or an object by URL) as dicts."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path).to_pylist()
+        if isinstance(path, Path):
+            yield from pq.read_table(path).to_pylist()
+        else:
+            with path.open("rb") as f:
+                yield from pq.read_table(f).to_pylist()
         return
     with _open_text(path) as f:
         if fmt == "jsonl":
@@ -318,7 +326,7 @@ class Decontaminate(MapStage):
         return {self.column}
 
     def fingerprint_extra(self, ctx: StageContext) -> Any:
-        return [_file_digest(ctx.resolve_path(b.path)) for b in self.benchmarks]
+        return [_file_digest(ctx.resolve_input(b.path)) for b in self.benchmarks]
 
     def index(self, ctx: StageContext) -> BenchmarkIndex:
         """The benchmark index, built once per stage object."""
@@ -329,7 +337,7 @@ class Decontaminate(MapStage):
     def build_index(self, ctx: StageContext) -> BenchmarkIndex:
         index = BenchmarkIndex(self.n)
         for bench in self.benchmarks:
-            path = ctx.resolve_path(bench.path)
+            path = ctx.resolve_input(bench.path)
             name = bench.label()
             seen_fields: set[str] = set()
             skipped = 0
@@ -392,9 +400,9 @@ class Decontaminate(MapStage):
         return res
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path | RemoteFile) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

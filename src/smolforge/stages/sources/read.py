@@ -1,6 +1,7 @@
 """Source stages: where records come from.
 
-- `read`: JSONL, JSON, Parquet, CSV and plain-text files or globs.
+- `read`: JSONL, JSON, Parquet, CSV and plain-text files or globs, local or by URL
+  (`s3://bucket/data/*.parquet` through fsspec; docs/storage.md).
 - `items`: an inline list in the recipe.
 - `combine`: Cosmopedia's diversity mechanism, combinations of lists (topics x
   audiences x formats ...), all of them or `count` sampled with the recipe seed.
@@ -11,6 +12,7 @@ Records get their `id` from the runner; an input column named `id` is kept as
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import itertools
@@ -25,8 +27,9 @@ from typing import Annotated, Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from smolforge import remote
 from smolforge.context import StageContext
-from smolforge.paths import GLOB, VALUES
+from smolforge.paths import GLOB_OR_URL, VALUES
 from smolforge.registry import stages
 from smolforge.stages.base import Record, Reject, SourceStage
 from smolforge.text import JSONTooDeep, loads_json
@@ -49,7 +52,9 @@ class Read(SourceStage):
     and what is wrong, unless `on_error: reject` sends it to the rejects."""
 
     type: Literal["read"] = "read"
-    path: Annotated[str | list[str], GLOB] = Field(description="file, glob (`data/*.jsonl`, `**` allowed) or a list of them")
+    path: Annotated[str | list[str], GLOB_OR_URL] = Field(
+        description="file, glob (`data/*.jsonl`, `**` allowed), URL or URL glob "
+        "(`s3://bucket/data/*.parquet`, docs/storage.md) or a list of them")
     format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field(
         "auto", description="auto: from the file extension"
     )
@@ -61,13 +66,16 @@ class Read(SourceStage):
     )
     on_error: Literal["raise", "reject"] = "raise"
 
-    def files(self, base_dir: Path, roots: Sequence[Path] | None = None) -> list[Path]:
+    def files(self, base_dir: Path, roots: Sequence[Path | str] | None = None) -> list[Path | remote.RemoteFile]:
         """The files `path` names, in order. With `roots` (the recipe's allowed
         folders), a match that resolves outside them (a symlink planted after the
-        recipe was checked) is a RecipeError."""
-        out: list[Path] = []
+        recipe was checked) is a RecipeError. A URL glob is one listing of the store."""
+        out: list[Path | remote.RemoteFile] = []
         for pattern in [self.path] if isinstance(self.path, str) else self.path:
-            p = Path(pattern).expanduser()
+            if remote.is_remote(pattern):
+                out += _remote_files(pattern, roots)
+                continue
+            p = Path(remote.local_path(pattern)).expanduser()
             p = p if p.is_absolute() else base_dir / p
             matches = sorted(glob.glob(str(p), recursive=True))
             if not matches:
@@ -80,7 +88,7 @@ class Read(SourceStage):
                     out.append(Path(m))
         return out
 
-    def _format(self, path: Path) -> str:
+    def _format(self, path: Path | remote.RemoteFile) -> str:
         if self.format != "auto":
             return self.format
         fmt = FORMATS.get(path.suffix.lower())
@@ -137,8 +145,8 @@ class Read(SourceStage):
 
     # Each reader yields (where, row-or-raw-text, error-or-None).
 
-    def _read_jsonl(self, path: Path):
-        with open(path, "rb") as f:
+    def _read_jsonl(self, path: Path | remote.RemoteFile):
+        with path.open("rb") as f:
             for n, raw in enumerate(f, 1):
                 try:
                     line = raw.decode("utf-8")
@@ -154,7 +162,7 @@ class Read(SourceStage):
                 except json.JSONDecodeError as e:
                     yield f"{path}:{n}", line.rstrip("\n")[:2000], f"invalid JSON: {e.msg} (column {e.colno})"
 
-    def _read_json(self, path: Path):
+    def _read_json(self, path: Path | remote.RemoteFile):
         try:
             data = loads_json(_decode_whole(path))
         except JSONTooDeep as e:
@@ -171,10 +179,10 @@ class Read(SourceStage):
         for i, row in enumerate(data):
             yield f"{path}: item {i}", row, None
 
-    def _read_csv(self, path: Path):
+    def _read_csv(self, path: Path | remote.RemoteFile):
         # Undecodable bytes become lone surrogates (`surrogateescape`), so that one
         # bad row is reported (or rejected) with its line and the rest still read.
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with path.open("r", newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             if any(_SURROGATE.search(h or "") for h in header):
@@ -191,16 +199,17 @@ class Read(SourceStage):
                 else:
                     yield where, row, None
 
-    def _read_parquet(self, path: Path):
+    def _read_parquet(self, path: Path | remote.RemoteFile):
         import pyarrow.parquet as pq
 
         n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                yield f"{path}: row {n}", row, None
-                n += 1
+        with _arrow_source(path) as source:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    yield f"{path}: row {n}", row, None
+                    n += 1
 
-    def _read_txt(self, path: Path):
+    def _read_txt(self, path: Path | remote.RemoteFile):
         text = path.read_bytes().decode("utf-8", errors="surrogateescape")
         if self.text_unit == "file":
             m = _SURROGATE.search(text)
@@ -244,7 +253,7 @@ def _shown(raw: bytes) -> str:
     return raw.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")[:2000]
 
 
-def _decode_whole(path: Path) -> str:
+def _decode_whole(path: Path | remote.RemoteFile) -> str:
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -254,7 +263,32 @@ def _decode_whole(path: Path) -> str:
         raise InputError(f"{path}:{line}: {_utf8_error(raw)}") from None
 
 
-def _check_allowed(path: Path, roots: Sequence[Path], shown: str) -> None:
+def _remote_files(pattern: str, roots: Sequence[Path | str] | None) -> list[remote.RemoteFile]:
+    """The objects a URL or URL glob names. The URL (a glob's fixed prefix) must lie
+    under an allowed prefix before the store is listed, and so must every match."""
+    if roots is not None:
+        prefix = remote.fixed_prefix(pattern) if remote.has_magic(pattern) else pattern
+        _check_allowed(prefix, roots, repr(pattern))
+    matches = remote.listing(pattern)
+    if not matches:
+        raise InputError(f"{pattern}: no files match")
+    if roots is not None:
+        for m in matches:
+            _check_allowed(m.url, roots, f"{m.url!r} (matched by {pattern!r})")
+    return matches
+
+
+@contextlib.contextmanager
+def _arrow_source(path: Path | remote.RemoteFile) -> Iterator[Any]:
+    """What Arrow's readers take: a local path as is, an object as an open file."""
+    if isinstance(path, Path):
+        yield path
+        return
+    with path.open("rb") as f:
+        yield f
+
+
+def _check_allowed(path: Path | str, roots: Sequence[Path | str], shown: str) -> None:
     from smolforge.context import PathNotAllowed, check_inside
     from smolforge.recipe import RecipeError
 
@@ -282,7 +316,7 @@ def _plain(t: pa.DataType) -> bool:
     return any(ok(t) for ok in _PLAIN)
 
 
-def _arrow_batches(path: Path, fmt: str) -> Iterator[pa.Table | int]:
+def _arrow_batches(path: Path | remote.RemoteFile, fmt: str) -> Iterator[pa.Table | int]:
     """Tables of rows of `path`; ends with the number of rows read if the rest of
     the file needs the line-by-line reader (0: all of it)."""
     import pyarrow.json as pj
@@ -290,18 +324,19 @@ def _arrow_batches(path: Path, fmt: str) -> Iterator[pa.Table | int]:
 
     done = 0
     try:
-        if fmt == "parquet":
-            batches = pq.ParquetFile(path).iter_batches(batch_size=65536)
-        else:
-            batches = pj.open_json(path, read_options=pj.ReadOptions(block_size=1 << 24))
-        for batch in batches:
-            if not all(_plain(f.type) for f in batch.schema):
-                yield done
-                return
-            batch.validate(full=True)  # Arrow's JSON reader does not check UTF-8
-            table = pa.Table.from_batches([batch])
-            done += table.num_rows
-            yield table
+        with _arrow_source(path) as source:
+            if fmt == "parquet":
+                batches = pq.ParquetFile(source).iter_batches(batch_size=65536)
+            else:
+                batches = pj.open_json(source, read_options=pj.ReadOptions(block_size=1 << 24))
+            for batch in batches:
+                if not all(_plain(f.type) for f in batch.schema):
+                    yield done
+                    return
+                batch.validate(full=True)  # Arrow's JSON reader does not check UTF-8
+                table = pa.Table.from_batches([batch])
+                done += table.num_rows
+                yield table
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, UnicodeDecodeError):
         yield done
 
