@@ -569,7 +569,7 @@ class Judge(LLMStage):
         if self._multi_engine():
             summary["agreement"] = panel_agreement(panel, [_engine_name(e) for e in self.engine])  # type: ignore[union-attr]
         # one text per prompt: no display position to be biased by
-        summary["judge_check"] = judge_check(values, criteria=per_unit or None)
+        summary["judge_check"] = judge_check(values, criteria=per_unit or None, alone=True)
         return summary
 
 
