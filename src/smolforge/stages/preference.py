@@ -331,10 +331,11 @@ class Rate(LLMStage):
       request per prompt showing all candidates in a seeded shuffled order; the
       answer rates each (1-5). `score` = mean over the aspects.
     - `method: criteria`: each candidate judged alone by the `judge` stage's
-      `criteria` method: the rubric's yes/no questions, each scored by P(yes) from
-      the answer token's probabilities, plain questions balanced by reverse-keyed
-      ones (docs/judges.md). Nothing else is in the prompt, so the score cannot
-      depend on the other candidates or their order.
+      `criteria` method: the rubric's yes/no questions (`criteria:` picks some),
+      each scored by P(yes) from the answer token's probabilities, plain questions
+      balanced by reverse-keyed ones when the rubric has both (docs/judges.md).
+      Nothing else is in the prompt, so the score cannot depend on the other
+      candidates or their order; each P(yes) is kept in meta (`p_yes`).
     - `method: single`: each candidate judged alone by the `judge` stage with the
       rubric (whatever scoring that stage offers: `judge:` passes options to it;
       `judge: {method: criteria}` is `method: criteria`).
