@@ -1,8 +1,9 @@
 """The built-in `ultrafeedback` recipe end to end on the bundled model through the
 CLI (2 prompts, 4 candidates each from two sampling configs, tiny token budgets),
 then `export --format dpo / kto`: every prompt is either paired or rejected with
-a reason, candidates carry their teacher, the judge saw them in the seeded
-order it recorded, and the exports hold exactly the pairs."""
+a reason, candidates carry their teacher, the judge (method `criteria`) saw each
+alone and its per-question probabilities are in meta, and the exports hold exactly
+the pairs."""
 
 from __future__ import annotations
 
@@ -36,23 +37,34 @@ def test_ultrafeedback_recipe_end_to_end(tmp_path):
     assert sum(s["chosen_score_hist"].values()) == pairs["pairs"]
     assert sum(v["chosen"] for v in s["teacher_wins"].values()) == pairs["pairs"]
 
-    # the judge's view: every aspect a permutation of the 4 candidates, recorded in meta
+    # the judge's view: each candidate alone (method: criteria), every question's P(yes)
+    # recorded in meta, the score computed from them
     import glob
 
     import pyarrow.parquet as pq
 
-    rated = [json.loads(x) for f in sorted(glob.glob(str(out / "stages" / "*-rate" / "shard-*.parquet")))
-             for x in pq.read_table(f).column("meta").to_pylist()]
-    orders = [o for r in rated for o in r["rate"]["order"].values()]
-    assert len(orders) == 8 and all(sorted(o) == [0, 1, 2, 3] for o in orders)
-    assert len({tuple(o) for o in orders}) > 1
+    from smolforge.stages.judges.judge import load_rubric
+
+    recipe_rate = next(s for s in sf.load_recipe("ultrafeedback").stages if s.type == "rate")
+    assert recipe_rate.method == "criteria"
+    rubric = load_rubric("ultrafeedback").model_copy(update={"criteria": {
+        q: load_rubric("ultrafeedback").criteria[q] for q in recipe_rate.criteria}})
+    rated = [r for f in sorted(glob.glob(str(out / "stages" / "*-rate" / "shard-*.parquet")))
+             if not f.endswith(".rejects.parquet") for r in pq.read_table(f).to_pylist()]
+    assert len(rated) == 2
+    for r in rated:
+        meta = json.loads(r["meta"]) if isinstance(r["meta"], str) else r["meta"]
+        assert meta["rate"]["method"] == "criteria" and "order" not in meta["rate"]
+        for c, p_yes in zip(r["candidates"], meta["rate"]["p_yes"], strict=True):
+            assert set(p_yes) == set(recipe_rate.criteria) and c["rate_error"] is None
+            assert c["score"] == pytest.approx(rubric.criteria_score(p_yes), abs=1e-5)
 
     rejects = [r for r in run.rejects().to_pylist() if r["stage"] == "pairs"]
     assert len(rejects) == 2 - pairs["prompts_paired"]
     assert all(r["reason"].startswith(("tie:", "margin:", "truncated:", "0 rated", "1 rated")) for r in rejects)
     check = st["rate"]["summary"]["judge_check"]  # the judge's self-check, in the manifest
-    assert set(check["position_bias"]["mean_rating_by_position"]) <= {"1", "2", "3", "4"}
-    assert isinstance(check["degenerate"], list)
+    assert check["position_bias"] == {"shown": "one text per request: no display position"}
+    assert check["ratings"] == 8 and isinstance(check["degenerate"], list)
 
     rows = run.data().to_pylist() if pairs["pairs"] else []
     for r in rows:

@@ -132,3 +132,46 @@ def test_pairwise_judge_that_always_says_a_and_a_constant_judge(tmp_path):
         r = smolforge("run", str(path), "--out", str(tmp_path / "j"))
     assert r.returncode == 0, r.stderr
     assert "degenerate judge judge: one constant score: all 8 ratings are 3" in r.stderr
+
+
+def test_rate_criteria_has_no_display_position_and_a_constant_judge_is_still_flagged(tmp_path):
+    """`rate` with `method: criteria` judges each candidate alone: its self-check says
+    there is no display position (no position figures to misread) and still flags a
+    judge that answers "yes" to everything (one constant score), while a judge that
+    reads the texts is not flagged."""
+    from smolforge.stages.judges.judge import load_rubric
+
+    reverse = {c.question for c in load_rubric("ultrafeedback").criteria.values() if c.reverse}
+
+    def criteria_recipe(url: str):
+        return write_recipe(tmp_path / "c.yaml", {
+            "name": "uf", "seed": 1, "shard_size": 8,
+            "stages": [{"type": "items", "items": [{"prompt": p, "candidates": candidates(i)}
+                                                   for i, p in enumerate(PROMPTS)]},
+                       {"type": "rate", "method": "criteria", "engine": openai(url)},
+                       {"type": "pairs"}]})
+
+    def reads(body: dict) -> str:  # yes to a plain question about a good answer, no about a bad one
+        prompt = user_text(body)
+        return "Yes" if ("Response: good" in prompt) != any(q in prompt for q in reverse) else "No"
+
+    with canned_server(lambda body: "Yes") as server:
+        r = smolforge("run", str(criteria_recipe(server.url)), "--out", str(tmp_path / "yes"), "--allow-empty")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"degenerate judge rate: one constant score: all 16 ratings are [\d.]+", r.stderr), r.stderr
+    rate = next(s for s in json.loads((tmp_path / "yes" / "manifest.json").read_text())["stages"]
+                if s["name"] == "rate")
+    check = rate["summary"]["judge_check"]
+    assert check["position_bias"] == {"shown": "one text per request: no display position"}
+    assert "mean_rating_by_position" not in rate["summary"]
+    shown = smolforge("show", str(tmp_path / "yes"), env={"COLUMNS": "250"})
+    assert "rate judge check (16 ratings): shown=one text per request: no display position" in shown.stdout
+
+    with canned_server(reads) as server:
+        r = smolforge("run", str(criteria_recipe(server.url)), "--out", str(tmp_path / "reads"))
+    assert r.returncode == 0, r.stderr
+    assert "degenerate" not in r.stderr
+    rate = next(s for s in json.loads((tmp_path / "reads" / "manifest.json").read_text())["stages"]
+                if s["name"] == "rate")
+    assert rate["summary"]["judge_check"]["degenerate"] == []
+    assert rate["summary"]["mean_score_per_teacher"]["t0"] > rate["summary"]["mean_score_per_teacher"]["t1"]

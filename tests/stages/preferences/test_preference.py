@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 import smolforge as sf
 from smolforge.context import EnginePool, StageContext
@@ -459,3 +460,73 @@ def test_rate_with_three_judges_scores_their_mean(tmp_path):
         assert c["ratings"]["helpfulness"] == pytest.approx(7 / 3) and c["score"] == pytest.approx(7 / 3)
     meta = json.loads(row["meta"]) if isinstance(row["meta"], str) else row["meta"]
     assert meta["rate"]["engines"] == ["judge0", "judge1", "judge2"]
+
+
+# ------------------------------------------------------------------ rate: criteria (each candidate alone)
+
+
+@pytest.mark.slow
+def test_rate_criteria_scores_each_candidate_alone_whatever_its_company(tmp_path):
+    """`method: criteria` on the real bundled model: every candidate gets a score from
+    the rubric's yes/no questions (plain and reverse-keyed), each question's P(yes) is
+    kept in the record's meta and on the candidate, each prompt holds one candidate
+    only, and one candidate text scores the same whatever the other candidates and
+    their order, alone in a call or batched with others (compared within this run)."""
+    from smolforge.stages.judges.judge import load_rubric
+
+    q = "What is the capital of France?"
+    good = "The capital of France is Paris."
+    others = ["The capital of", "Bees make honey from nectar.", "The capital of France is Lyon."]
+    recs = [{"id": "a", "prompt": q, "meta": {}, "candidates": [{"text": t, "teacher": "x"} for t in [good, *others]]},
+            {"id": "b", "prompt": q, "meta": {},
+             "candidates": [{"text": t, "teacher": "y"} for t in [others[2], others[1], good]]},
+            {"id": "c", "prompt": q, "meta": {}, "candidates": [{"text": t, "teacher": "z"} for t in [others[0], good]]}]
+    # the ultrafeedback rubric's prompt and first question, plus a reverse-keyed one
+    uf = load_rubric("ultrafeedback")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
+        "aspects": uf.aspects, "criteria_template": uf.criteria_template,
+        "criteria": {"instruction_following": uf.criteria["instruction_following"].question,
+                     "cut_off": {"question": "Does the response stop in the middle of a sentence?", "reverse": True}}}))
+    ctx = _ctx(tmp_path, "rate")
+    sent = _record_requests(ctx)
+    stage = Rate.model_validate({"type": "rate", "method": "criteria", "rubric": "r.yaml"})
+    together = stage.process(recs, ctx).kept
+    alone = [stage.process([r], ctx).kept[0] for r in reversed(recs)][::-1]
+    ctx.pool.close()
+    rubric = load_rubric("r.yaml", str(tmp_path))
+    texts = [good, *others]
+    for req in sent:  # one candidate per prompt: nothing else to be biased by
+        prompt = req.messages[0]["content"]
+        assert sum(f"Response: {t}\n" in prompt for t in texts) == 1, prompt
+    score_of: dict[str, set[float]] = {}
+    for rec in [*together, *alone]:
+        p_yes = rec["meta"]["rate"]["p_yes"]
+        assert rec["meta"]["rate"]["method"] == "criteria" and len(p_yes) == len(rec["candidates"])
+        for c, probs in zip(rec["candidates"], p_yes):
+            assert c["score"] is not None and c["rate_error"] is None
+            assert set(probs) == set(rubric.criteria) == set(c["ratings"])
+            assert all(0 <= v <= 1 for v in probs.values())
+            assert c["score"] == pytest.approx(rubric.criteria_score(c["ratings"]))
+            score_of.setdefault(c["text"], set()).add(c["score"])
+    assert set(score_of) == set(texts)
+    assert all(len(s) == 1 for s in score_of.values()), score_of  # exactly one score per text
+
+
+def test_rate_criteria_needs_a_rubric_with_criteria(tmp_path):
+    (tmp_path / "r.yaml").write_text("aspects:\n  q: 'Rate {{ instruction }} {{ response }}. Score: <0-5>'\n")
+    recipe = {"name": "c", "stages": [{"type": "items", "items": [{"prompt": "p", "candidates": []}]},
+                                      {"type": "rate", "method": "criteria", "rubric": "r.yaml"}]}
+    with pytest.raises(sf.RecipeError, match=r"stages\[1\]\.rubric.*no `criteria:`"):
+        sf.Recipe.from_dict(recipe, base_dir=tmp_path)
+    with pytest.raises(sf.RecipeError, match="judge.method 'expected' belongs to method: single"):
+        sf.Recipe.from_dict({**recipe, "stages": [recipe["stages"][0], {
+            "type": "rate", "method": "criteria", "judge": {"method": "expected"}}]}, base_dir=tmp_path)
+    with pytest.raises(sf.RecipeError, match=r"stages\[1\]\.criteria.*has no criteria \['typo'\]"):
+        sf.Recipe.from_dict({**recipe, "stages": [recipe["stages"][0], {
+            "type": "rate", "method": "criteria", "criteria": ["typo"]}]}, base_dir=tmp_path)
+    with pytest.raises(sf.RecipeError, match=r"has no criteria \['typo'\]"):
+        sf.Recipe.from_dict({"name": "j", "stages": [{"type": "items", "items": [{"text": "x"}]}, {
+            "type": "judge", "rubric": "fineweb-edu", "method": "criteria", "criteria": ["typo"]}]},
+            base_dir=tmp_path)
+    stage = Rate.model_validate({"type": "rate", "method": "criteria", "criteria": ["instruction_following"]})
+    assert list(stage._rubric(None, tmp_path).criteria) == ["instruction_following"]

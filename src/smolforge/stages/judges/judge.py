@@ -152,6 +152,17 @@ class Rubric(BaseModel):
         return len(pos) * (statistics.fmean(pos) + statistics.fmean(rev)) / 2
 
 
+def subset_criteria(rubric: Rubric, names: list[str] | None, label: str) -> Rubric:
+    """The rubric asking only the criteria `names` (all when None): a recipe picks the
+    questions that were measured to work for its data, the rubric keeps the rest."""
+    if not names:
+        return rubric
+    unknown = [n for n in names if n not in rubric.criteria]
+    if unknown:
+        raise ValueError(f"rubric {label!r} has no criteria {unknown} (has: {list(rubric.criteria)})")
+    return rubric.model_copy(update={"criteria": {n: rubric.criteria[n] for n in names}})
+
+
 def builtin_rubrics() -> list[str]:
     return sorted(p.stem for p in RUBRIC_DIR.glob("*.yaml"))
 
@@ -244,6 +255,8 @@ class Judge(LLMStage):
         description="parse: the number in the answer; expected: the expected score over the score "
         "tokens' probabilities (G-Eval); criteria: the rubric's yes/no criteria, sum of P(yes)",
     )
+    criteria: list[str] | None = Field(
+        None, min_length=1, description="method criteria: ask only these of the rubric's criteria (default: all)")
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
 
@@ -271,6 +284,10 @@ class Judge(LLMStage):
             raise ValueError(f"rubric {self.rubric!r} has no `criteria:` for method: criteria")
         if self.method == "criteria" and not self.rubric:
             raise ValueError("method: criteria needs a rubric with `criteria:` (yes/no questions)")
+        if self.criteria and self.method != "criteria":
+            raise ValueError("`criteria` (a subset of the rubric's questions) is only used with method: criteria")
+        if self.criteria and builtin:
+            subset_criteria(load_rubric(self.rubric), self.criteria, self.rubric)  # type: ignore[arg-type]
         return self
 
     @field_validator("score_pattern")
@@ -288,7 +305,7 @@ class Judge(LLMStage):
             if ctx is None and self._resolved is not None:
                 return self._resolved
             base = str(ctx.recipe_dir) if ctx is not None else "."
-            self._resolved = load_rubric(self.rubric, base)
+            self._resolved = subset_criteria(load_rubric(self.rubric, base), self.criteria, self.rubric)
             return self._resolved
         source = self.prompt_source(ctx) if ctx is not None else (self.template or "")
         return Rubric(aspects={"score": source})
@@ -322,7 +339,11 @@ class Judge(LLMStage):
             return self._rubric(None)
         if self._recipe_dir is None:
             return None
-        return check_rubric_file(self.rubric, self._recipe_dir)
+        rubric = check_rubric_file(self.rubric, self._recipe_dir)
+        try:
+            return subset_criteria(rubric, self.criteria, self.rubric)
+        except ValueError as e:
+            raise TemplateError(str(e), field="criteria") from None
 
     def requires(self) -> set[str]:
         rubric = self._checked_rubric()
@@ -549,7 +570,7 @@ class Judge(LLMStage):
         if self._multi_engine():
             summary["agreement"] = panel_agreement(panel, [_engine_name(e) for e in self.engine])  # type: ignore[union-attr]
         # one text per prompt: no display position to be biased by
-        summary["judge_check"] = judge_check(values, criteria=per_unit or None)
+        summary["judge_check"] = judge_check(values, criteria=per_unit or None, alone=True)
         return summary
 
 
@@ -677,7 +698,7 @@ UNCORRELATED = 0.1  # |Spearman| of the score with every criterion below this: u
 def judge_check(scores: list[float], positions: list[int] | None = None,
                 criteria: dict[str, list[float]] | None = None,
                 orders: list[tuple[float, float]] | None = None,
-                overall: list[float] | None = None) -> dict[str, Any]:
+                overall: list[float] | None = None, alone: bool = False) -> dict[str, Any]:
     """What a judge's own output says about it: position bias and signs of a
     degenerate judge (Zheng et al., 2023, MT-Bench: position bias; a small model's
     listwise ratings often copy the display order).
@@ -690,6 +711,8 @@ def judge_check(scores: list[float], positions: list[int] | None = None,
       first-shown response won.
     - `criteria`: per criterion (aspect, yes/no question) its value for each of
       `overall` (default: `scores`), the combined scores: Spearman's rho with each.
+    - `alone`: each text was judged in a request of its own, so no display
+      position can bias it (said in `position_bias`); the other signals still apply.
 
     `degenerate` lists the signals found (empty: none): one constant score, ratings
     that follow or equal the display position, one position winning nearly every
@@ -700,6 +723,8 @@ def judge_check(scores: list[float], positions: list[int] | None = None,
     enough = len(scores) >= CHECK_MIN
     if enough and len(set(scores)) == 1:
         bad.append(f"one constant score: all {len(scores)} ratings are {scores[0]:g}")
+    if alone:
+        out["position_bias"] = {"shown": "one text per request: no display position"}
     if positions:
         by: dict[int, list[float]] = {}
         for p, v in zip(positions, scores):

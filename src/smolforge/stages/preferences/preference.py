@@ -44,7 +44,13 @@ from smolforge.engines.base import Completion, Engine, Request, Response
 from smolforge.paths import FILE
 from smolforge.registry import stages
 from smolforge.stages.base import MapStage, Record, Result, Shards
-from smolforge.stages.judges.judge import check_rubric_file, judge_check, load_rubric, score_regex
+from smolforge.stages.judges.judge import (
+    check_rubric_file,
+    judge_check,
+    load_rubric,
+    score_regex,
+    subset_criteria,
+)
 from smolforge.stages.llm import LLMStage
 from smolforge.templates import TemplateError, render, template_hash
 from smolforge.text import loads_json
@@ -325,8 +331,15 @@ class Rate(LLMStage):
     - `method: aspects` (default; UltraFeedback): per aspect of the rubric, one
       request per prompt showing all candidates in a seeded shuffled order; the
       answer rates each (1-5). `score` = mean over the aspects.
+    - `method: criteria`: each candidate judged alone by the `judge` stage's
+      `criteria` method: the rubric's yes/no questions (`criteria:` picks some),
+      each scored by P(yes) from the answer token's probabilities, plain questions
+      balanced by reverse-keyed ones when the rubric has both (docs/judges.md).
+      Nothing else is in the prompt, so the score cannot depend on the other
+      candidates or their order; each P(yes) is kept in meta (`p_yes`).
     - `method: single`: each candidate judged alone by the `judge` stage with the
-      rubric (whatever scoring that stage offers: `judge:` passes options to it).
+      rubric (whatever scoring that stage offers: `judge:` passes options to it;
+      `judge: {method: criteria}` is `method: criteria`).
     - `method: reward`: a reward model over HTTP (`reward:`, vLLM's `/pooling`).
     - `method: pairwise`: every pair of candidates judged in both orders by the
       `pairwise_judge` stage's function (a side wins only when both orders agree);
@@ -337,9 +350,11 @@ class Rate(LLMStage):
     """
 
     type: Literal["rate"] = "rate"
-    method: Literal["aspects", "single", "reward", "pairwise"] = "aspects"
+    method: Literal["aspects", "criteria", "single", "reward", "pairwise"] = "aspects"
     rubric: Annotated[str, FILE] = Field("ultrafeedback", description="built-in rubric name or rubric YAML file")
     aspects: list[str] | None = Field(None, description="a subset of the rubric's aspects (default: all)")
+    criteria: list[str] | None = Field(
+        None, min_length=1, description="criteria: a subset of the rubric's yes/no questions (default: all)")
     candidates_column: str = "candidates"
     prompt_column: str = Field("prompt", description="the instruction shown to the judge")
     shuffle: bool = Field(True, description="aspects: present candidates in a seeded random order")
@@ -366,16 +381,30 @@ class Rate(LLMStage):
             raise ValueError("method: reward needs `reward: {url, model}`")
         if self.method != "reward" and self.reward is not None:
             raise ValueError("`reward` is only used with method: reward")
+        if self.method == "criteria" and self.judge.get("method", "criteria") != "criteria":
+            raise ValueError(f"method: criteria judges with the criteria method; judge.method "
+                             f"{self.judge['method']!r} belongs to method: single")
+        if self.criteria and self.method != "criteria":
+            raise ValueError("`criteria` (a subset of the rubric's questions) is only used with method: criteria")
         return self
+
+    def pointwise(self) -> bool:
+        """Each candidate judged alone (no other candidate in its prompt)."""
+        return self.method in ("criteria", "single", "reward")
 
     def requires(self) -> set[str]:
         if self.method != "reward" and self._recipe_dir is not None:  # the rubric, before anything runs
             if self.rubric.endswith((".yaml", ".yml")):
                 check_rubric_file(self.rubric, self._recipe_dir)
             try:
-                self._rubric(None, self._recipe_dir)
+                rubric = self._rubric(None, self._recipe_dir)
+                if self._judge_method() == "criteria" and not rubric.criteria:
+                    raise ValueError(f"rubric {self.rubric!r} has no `criteria:` (yes/no questions) for the "
+                                     "criteria method")
             except ValueError as e:
-                raise TemplateError(str(e), field="aspects" if self.aspects else "rubric") from None
+                field = ("criteria" if "has no criteria [" in str(e) else
+                         "aspects" if "has no aspect(s)" in str(e) else "rubric")
+                raise TemplateError(str(e), field=field) from None
         return {self.candidates_column, self.prompt_column}
 
     def provides(self) -> set[str]:
@@ -387,6 +416,12 @@ class Rate(LLMStage):
             return {**extra, "reward": self.reward.identity()}  # type: ignore[union-attr]
         return {**super().fingerprint_extra(ctx), **extra, "rubric": self._rubric(ctx).model_dump()}
 
+    def _judge_method(self) -> str | None:
+        """The `judge` stage's method behind `criteria` and `single`."""
+        if self.method == "criteria":
+            return "criteria"
+        return self.judge.get("method", "parse") if self.method == "single" else None
+
     def _rubric(self, ctx: StageContext | None, base_dir: Path | None = None):
         r = load_rubric(self.rubric, str(ctx.recipe_dir) if ctx is not None else str(base_dir or "."))
         if self.aspects:
@@ -394,7 +429,7 @@ class Rate(LLMStage):
             if unknown:
                 raise ValueError(f"rubric {self.rubric!r} has no aspect(s) {unknown} (has: {list(r.aspects)})")
             r = r.model_copy(update={"aspects": {a: r.aspects[a] for a in self.aspects}})
-        return r
+        return subset_criteria(r, self.criteria, self.rubric)
 
     def listwise_schema(self, n: int, lo: float, hi: float) -> dict[str, Any] | None:
         """JSON schema of a structured listwise answer for `n` texts."""
@@ -417,8 +452,8 @@ class Rate(LLMStage):
     # -- the work
 
     def process(self, batch: list[Record], ctx: StageContext) -> Result:
-        fn = {"aspects": self._aspects, "single": self._single, "reward": self._reward,
-              "pairwise": self._pairwise}[self.method]
+        fn = {"aspects": self._aspects, "criteria": self._single, "single": self._single,
+              "reward": self._reward, "pairwise": self._pairwise}[self.method]
         rated, errors, meta = fn(batch, ctx)
         res = Result()
         n_rated = n_unrated = 0
@@ -497,11 +532,17 @@ class Rate(LLMStage):
         return rated, errors, meta
 
     def _single(self, batch: list[Record], ctx: StageContext):
+        """Each candidate alone through the `judge` stage (`criteria`, or `single`
+        with the judge's method). Its per-unit values (aspect ratings, or each
+        criterion's P(yes)) land in the candidate's `ratings` and, per candidate,
+        in the record's meta."""
         from smolforge.stages.judges.judge import Judge
 
         spec = {"type": "judge", "rubric": self.rubric, "inputs": {"instruction": "instruction", "response": "response"},
                 "column": "score", "on_fail": "keep", "engine": self.engine, "max_tokens": self.max_tokens,
-                "temperature": self.temperature, **self.judge}
+                "temperature": self.temperature, **self.judge, "method": self._judge_method()}
+        if self.criteria:
+            spec["criteria"] = self.criteria
         judge = Judge.model_validate(spec)
         views, where = [], []
         for i, rec in enumerate(batch):
@@ -512,19 +553,23 @@ class Rate(LLMStage):
         out = judge.process(views, ctx)
         by_id = {r["id"]: r for r in out.kept}
         errs = {r.record["id"]: r.reason for r in out.rejected}
-        aspects = list(self._rubric(ctx).aspects)
+        # the judge's units: the rubric's aspects, or its criteria with method: criteria
+        units = list(judge.units(judge.settings(ctx)[0]))
         rated = [list(rec.get(self.candidates_column) or []) for rec in batch]
         errors: list[list[str]] = [[] for _ in batch]
+        key = "p_yes" if judge.method == "criteria" else "ratings"
+        meta: list[dict[str, Any]] = [{"judge": judge.method, key: [None] * len(r)} for r in rated]
         for (i, k), v in zip(where, views):
-            r = by_id.get(v["id"])
-            reason = errs.get(v["id"]) or (r or {}).get("meta", {}).get(ctx.stage_name, {}).get("failed")
+            r = by_id.get(v["id"]) or {}
+            reason = errs.get(v["id"]) or r.get("meta", {}).get(ctx.stage_name, {}).get("failed")
             if reason and "engine error" in reason:
                 errors[i].append(reason)
-            ratings = {a: (r or {}).get(f"score_{a}") for a in aspects} if len(aspects) > 1 else {aspects[0]: (r or {}).get("score")}
-            score = (r or {}).get("score")
+            ratings = {a: r.get(f"score_{a}") for a in units} if len(units) > 1 else {units[0]: r.get("score")}
+            score = r.get("score")
             rated[i][k] = {**rated[i][k], "ratings": ratings, "score": None if score is None else float(score),
                            "rate_error": reason if score is None else None}
-        return rated, errors, [{"judge": "single"} for _ in batch]
+            meta[i][key][k] = {a: None if x is None else round(float(x), 6) for a, x in ratings.items()}
+        return rated, errors, meta
 
     def _reward(self, batch: list[Record], ctx: StageContext):
         ep = self.reward
@@ -647,9 +692,13 @@ class Rate(LLMStage):
             "rated_per_teacher": {t: len(v) for t, v in sorted(per_teacher.items())},
             "mean_rating_per_aspect": {a: mean(v) for a, v in per_aspect.items()},
         }
-        scores = [v for _, v in shown] if shown else [v for vs in per_aspect.values() for v in vs]
+        if self.pointwise():  # one candidate per request: the candidates' scores, no display position
+            scores = [v for vs in per_teacher.values() for v in vs]
+        else:
+            scores = [v for _, v in shown] if shown else [v for vs in per_aspect.values() for v in vs]
         check = judge_check(scores, positions=[p for p, _ in shown] or None, orders=orders or None,
-                            criteria=by_aspect if len(by_aspect) > 1 else None, overall=overall)
+                            criteria=by_aspect if len(by_aspect) > 1 else None, overall=overall,
+                            alone=self.pointwise())
         if shown:  # position bias: the mean rating a text got at each place it was shown
             s["mean_rating_by_position"] = check["position_bias"]["mean_rating_by_position"]
         s["judge_check"] = check
