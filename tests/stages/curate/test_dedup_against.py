@@ -186,3 +186,18 @@ def test_exact_index_holds_hashes_only(docs, tmp_path):
     old = dedup_index.load_exact(Dedup(against=[str(g1.path)]), ctx)
     assert old.n == 5 and len(old.digests) == 5
     assert old.label(0) == f"{index['id'][0].as_py()} of earlier run {str(g1.path)!r}"
+
+
+def test_components_and_globs_against_earlier_runs(docs, tmp_path):
+    """`clusters: components` joins the old records to the graph; a glob names
+    several runs (each reject names the one its old record came from)."""
+    g1 = gen(tmp_path, "gen1", docs[:2], method="minhash")
+    g2 = gen(tmp_path, "gen2", docs[2:4], method="minhash")
+    third = gen(tmp_path, "gen3", [edited(docs[0]), docs[5], docs[3], docs[5].lower()],
+                method="minhash", clusters="components", against=[str(tmp_path / "gen[12]")])
+    assert [x["text"] for x in third.data().to_pylist()] == [docs[5]]
+    reasons = rejects(third)
+    m = NEAR.fullmatch(reasons[edited(docs[0])])
+    assert m.group(1, 2) == (ids_by_text(g1)[docs[0]], str(g1.path))
+    assert NEAR.fullmatch(reasons[docs[3]]).group(1, 2) == (ids_by_text(g2)[docs[3]], str(g2.path))
+    assert reasons[docs[5].lower()].startswith(f"near-duplicate of {ids_by_text(third)[docs[5]]} (")
