@@ -201,3 +201,26 @@ def test_components_and_globs_against_earlier_runs(docs, tmp_path):
     assert m.group(1, 2) == (ids_by_text(g1)[docs[0]], str(g1.path))
     assert NEAR.fullmatch(reasons[docs[3]]).group(1, 2) == (ids_by_text(g2)[docs[3]], str(g2.path))
     assert reasons[docs[5].lower()].startswith(f"near-duplicate of {ids_by_text(third)[docs[5]]} (")
+
+
+def test_the_recipes_of_the_docs_run_as_shown(docs, tmp_path):
+    """docs/curation-dedup.md's two generations, from a recipe folder, as the CLI runs them."""
+    import yaml
+    from conftest import ROOT
+
+    page = (ROOT / "docs/curation-dedup.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(# generation .*?)```", page, re.S)]
+    assert len(blocks) == 2
+    (tmp_path / "gen1.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[:3]))
+    (tmp_path / "gen2.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                                                 [edited(docs[2]), docs[4]]))
+    runs = []
+    for k, block in enumerate(blocks, 1):
+        (tmp_path / f"gen{k}.yaml").write_text(yaml.safe_dump({"name": f"gen{k}", **block}))
+        runs.append(sf.run(str(tmp_path / f"gen{k}.yaml"), tmp_path / "runs" / f"gen{k}"))
+    assert [x["text"] for x in runs[1].data().to_pylist()] == [docs[4]]
+    m = NEAR.fullmatch(rejects(runs[1])[edited(docs[2])])
+    # an index names each record's run as that run was given its directory
+    assert m.group(1, 2) == (ids_by_text(runs[0])[docs[2]], str(tmp_path / "runs" / "gen1"))
+    index = pq.read_table(runs[1].path / "index/dedup.parquet")
+    assert index.num_rows == 4
