@@ -142,8 +142,6 @@ def test_against_a_file_that_is_no_index_or_no_run(docs, tmp_path):
         run(Dedup(against=[str(tmp_path)]), [{"id": "a", "text": "t"}], tmp_path)
     with pytest.raises(ValueError, match="save_index must stay inside the run directory"):
         Dedup(save_index="../outside.parquet")
-    with pytest.raises(ValueError, match="work with method exact or minhash"):
-        Dedup(method="semantic", against=["x"])
 
 
 def test_against_is_a_path_the_recipe_policy_checks(tmp_path):
@@ -224,3 +222,28 @@ def test_the_recipes_of_the_docs_run_as_shown(docs, tmp_path):
     assert m.group(1, 2) == (ids_by_text(runs[0])[docs[2]], str(tmp_path / "runs" / "gen1"))
     index = pq.read_table(runs[1].path / "index/dedup.parquet")
     assert index.num_rows == 4
+
+
+def test_semantic_against_an_earlier_run_and_its_index(tmp_path):
+    """Embeddings (the bundled all-MiniLM-L6-v2) stand for the old records: a
+    run directory is embedded, an index holds them; the model must match."""
+    pytest.importorskip("sentence_transformers")
+    g1 = gen(tmp_path, "g1", ["Return the number of items in the container.",
+                              "Compute the greatest common divisor of two integers."],
+             method="semantic", save_index="emb.parquet")
+    new = ["Return the number of items in a container.", "Open the file and return a stream.",
+           "Compute the greatest common divisor of two integers!"]
+    for against in ([str(g1.path)], [str(g1.path / "emb.parquet")]):
+        g2 = gen(tmp_path, f"g2-{len(against[0])}", new, method="semantic", against=against)
+        assert [x["text"] for x in g2.data().to_pylist()] == [new[1]]
+        old_id = ids_by_text(g1)
+        for text, base in ((new[0], "Return the number of items in the container."),
+                           (new[2], "Compute the greatest common divisor of two integers.")):
+            m = re.fullmatch(r"semantic duplicate of (\S+) of earlier run '([^']+)' \(cosine (\S+) "
+                             r">= 0\.95, all-MiniLM-L6-v2\)", rejects(g2)[text])
+            assert m and m.group(1, 2) == (old_id[base], str(g1.path)) and float(m[3]) >= 0.95
+    index = pq.read_table(g1.path / "emb.parquet")
+    assert index.schema.field("embedding").type.list_size == 384
+    with pytest.raises(ValueError, match="built with model: 'all-MiniLM-L6-v2', this stage has model: 'other'"):
+        run(Dedup(method="semantic", model="other", against=[str(g1.path / "emb.parquet")]),
+            [{"id": "a", "text": "x"}], tmp_path)

@@ -24,9 +24,9 @@ Only 16-bit signatures and band keys are held, never texts.
 meaning); greedy keep-first: a record is dropped when it is that similar to a
 record already kept, which the reject names.
 
-`against` (exact and minhash): earlier run directories (their final data) and
-index files, loaded as hashes only (`dedup_index`), count as kept before every
-new record; a new record that duplicates one of them is dropped, its reason
+`against`: earlier run directories (their final data) and index files, loaded
+as hashes only (`dedup_index`; embeddings for `semantic`), count as kept before
+every new record; a new record that duplicates one of them is dropped, its reason
 naming the old record's id and run, and old records are never output (the
 datatrove users' request, huggingface/datatrove#370 and #312). `save_index`
 writes those hashes plus the new kept records' to a file in the run directory,
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from smolforge.context import StageContext
 from smolforge.paths import GLOB, RUN
@@ -90,13 +90,13 @@ class Dedup(GlobalStage):
     device: str = Field("cpu", description="semantic: torch device")
     against: Annotated[list[str], GLOB] = Field(
         default_factory=list,
-        description="exact, minhash: earlier run directories (their final data) and index files "
+        description="earlier run directories (their final data) and index files "
         "(`save_index`); a new record duplicating one of theirs is dropped, naming it",
     )
     save_index: Annotated[str | None, RUN] = Field(
         None,
-        description="exact, minhash: write the hashes of `against` and of the kept records to "
-        "this .parquet file in the run directory, for a later run's `against`",
+        description="write the hashes (semantic: embeddings) of `against` and of the kept "
+        "records to this .parquet file in the run directory, for a later run's `against`",
     )
 
     @field_validator("save_index")
@@ -112,12 +112,6 @@ class Dedup(GlobalStage):
         if problem is not None:
             raise ValueError(f"save_index {problem} (the index is written in the run directory)")
         return v
-
-    @model_validator(mode="after")
-    def _index_needs_hashes(self):
-        if self.method == "semantic" and (self.against or self.save_index):
-            raise ValueError("`against` and `save_index` work with method exact or minhash")
-        return self
 
     @property
     def num_perm(self) -> int:
@@ -155,7 +149,7 @@ class Dedup(GlobalStage):
         if self.method == "minhash":
             yield from self._minhash(shards, ctx)
         elif self.method == "semantic":
-            yield from self._semantic(shards)
+            yield from self._semantic(shards, ctx)
         else:
             yield from self._exact(shards, ctx)
 
@@ -295,12 +289,18 @@ class Dedup(GlobalStage):
 
         dedup_index.write_index(self._index_path(ctx), self, parts())
 
-    def _semantic(self, shards: Shards) -> Iterator[tuple[int, Result]]:
+    def _semantic(self, shards: Shards, ctx: StageContext) -> Iterator[tuple[int, Result]]:
         from smolforge.embed import embed
 
         threshold = self._threshold()
         kept = _Matrix()
         kept_ids: list[str] = []
+        old, old_vecs = dedup_index.load_semantic(self, ctx)
+        kept.extend(old_vecs)  # kept before every new record, as rows 0..old.n-1
+
+        def name(k: int) -> str:
+            return kept_ids[k - old.n] if k >= old.n else old.label(k)
+
         for i in range(len(shards)):
             recs = shards[i]
             res = Result()
@@ -314,10 +314,35 @@ class Dedup(GlobalStage):
                     else:
                         res.reject(
                             rec,
-                            f"semantic duplicate of {kept_ids[k]} "
+                            f"semantic duplicate of {name(k)} "
                             f"(cosine {sim:.3f} >= {threshold:g}, {self.model})",
                         )
             yield i, res
+        if self.save_index:
+            self._save_semantic(kept, kept_ids, old, ctx)
+
+    def _save_semantic(self, kept: _Matrix, new_ids: list[str], old: dedup_index.OldRecords,
+                       ctx: StageContext) -> None:
+        """Every old embedding, then the new kept records', in order."""
+        import pyarrow as pa
+
+        vecs = kept.view()
+        dim = vecs.shape[1] if len(vecs) else 0
+        label = self._run_label(ctx)
+
+        def parts() -> Iterator[list[pa.Array]]:
+            step = dedup_index.ROW_GROUP
+            for s in range(0, old.n, step):
+                runs, ids = old.run_ids(np.arange(s, min(old.n, s + step)))
+                yield [runs, ids, dedup_index.fixed_lists(vecs[s : s + len(ids)], dim, pa.float32())]
+            for s in range(0, len(new_ids), step):
+                part = new_ids[s : s + step]
+                rows = vecs[old.n + s : old.n + s + len(part)]
+                yield [pa.array([label] * len(part), type=pa.string()),
+                       pa.array(part, type=pa.string()),
+                       dedup_index.fixed_lists(rows, dim, pa.float32())]
+
+        dedup_index.write_index(self._index_path(ctx), self, parts(), dim=dim)
 
 
 class _Matrix:
@@ -329,6 +354,18 @@ class _Matrix:
 
     def view(self) -> np.ndarray:
         return self._data[: self.n]
+
+    def extend(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        need = self.n + len(rows)
+        if need > len(self._data):
+            grown = np.zeros((max(64, 2 * self.n, need), rows.shape[1]), dtype=np.float32)
+            if self.n:
+                grown[: self.n] = self.view()
+            self._data = grown
+        self._data[self.n : need] = rows
+        self.n = need
 
     def append(self, row: np.ndarray) -> None:
         if self.n == len(self._data):

@@ -44,7 +44,8 @@ ROW_GROUP = 1 << 16
 READ = {"buffer_size": 1 << 20, "pre_buffer": False}
 # Settings a stored hash depends on, per method: an index is usable only when they match.
 CHECKED = {"exact": ("method", "normalization"),
-           "minhash": ("method", "normalization", "ngram", "unit", "bands", "rows", "seed")}
+           "minhash": ("method", "normalization", "ngram", "unit", "bands", "rows", "seed"),
+           "semantic": ("method", "normalization", "model")}
 
 
 def settings(stage: Dedup) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def settings(stage: Dedup) -> dict[str, Any]:
     if stage.method == "minhash":
         out |= {"ngram": stage.ngram, "unit": stage.unit, "bands": stage.bands,
                 "rows": stage.rows, "seed": stage.seed}
+    elif stage.method == "semantic":
+        out |= {"normalization": "none", "model": stage.model}  # texts are embedded as they are
     return out
 
 
@@ -207,7 +210,8 @@ def _run_batches(stage: Dedup, src: Source) -> Iterator[tuple[pa.Array, list[str
 def _index_batches(stage: Dedup, src: Source) -> Iterator[pa.RecordBatch]:
     pf = pq.ParquetFile(src.path, **READ)
     _check(src.shown, index_meta(src.shown, pf), settings(stage))
-    cols = ["run", "id", "digest"] if stage.method == "exact" else ["run", "id", "keys", "sig16"]
+    cols = {"exact": ["run", "id", "digest"], "minhash": ["run", "id", "keys", "sig16"],
+            "semantic": ["run", "id", "embedding"]}[stage.method]
     yield from pf.iter_batches(batch_size=stage.batch_size, columns=cols)
 
 
@@ -258,7 +262,29 @@ def load_minhash(stage: Dedup, ctx: StageContext, lsh: MinHashLSH) -> OldRecords
     return old
 
 
-def write_index(path: Path, stage: Dedup, parts: Iterable[list[pa.Array]]) -> None:
+def load_semantic(stage: Dedup, ctx: StageContext) -> tuple[OldRecords, np.ndarray]:
+    """Embeddings of every old record [n, dim] (float32, unit length): a run's
+    texts are embedded a batch at a time; an index holds them."""
+    from smolforge.embed import embed
+
+    old = OldRecords()
+    parts: list[np.ndarray] = []
+    for src in sources(stage, ctx):
+        if src.is_run:
+            for ids, texts in _run_batches(stage, src):
+                old._add(src.shown, ids)
+                parts.append(np.asarray(embed(texts, stage.model, device=stage.device), np.float32))
+        else:
+            for batch in _index_batches(stage, src):
+                col = batch.column(2)
+                dim = col.type.list_size
+                old._add(_runs_of(batch, old), batch.column(1))
+                parts.append(col.flatten().to_numpy().reshape(batch.num_rows, dim).astype(np.float32))
+    vecs = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    return old, vecs
+
+
+def write_index(path: Path, stage: Dedup, parts: Iterable[list[pa.Array]], dim: int = 0) -> None:
     """An index file of (run, id, hashes...) columns, one row group per part at
     most, written under a temporary name and renamed into place when complete
     (a kill leaves no half index)."""
@@ -267,6 +293,8 @@ def write_index(path: Path, stage: Dedup, parts: Iterable[list[pa.Array]]) -> No
     fields = [pa.field("run", pa.string()), pa.field("id", pa.string())]
     if stage.method == "exact":
         fields.append(pa.field("digest", pa.binary(16)))
+    elif stage.method == "semantic":
+        fields.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
     else:
         fields += [pa.field("keys", pa.list_(pa.uint64(), stage.bands)),
                    pa.field("sig16", pa.list_(pa.uint16(), stage.num_perm))]
