@@ -44,6 +44,12 @@ def gen(tmp: Path, name: str, texts: list[str], **dedup) -> sf.Run:
     return sf.run(recipe, tmp / name, allow_paths=[tmp])
 
 
+def run_here(stage: Dedup, records: list[dict], tmp_path: Path):
+    """`test_dedup.run` with a run directory of its own beside the earlier runs."""
+    (tmp_path / "here").mkdir(exist_ok=True)
+    return run(stage, records, tmp_path / "here")
+
+
 def rejects(r: sf.Run) -> dict[str, str]:
     """Reject reason by the rejected record's text."""
     return {json.loads(x["record"])["text"]: x["reason"] for x in r.rejects().to_pylist()}
@@ -89,10 +95,10 @@ def test_against_unrelated_data_changes_nothing_within_the_new_data(docs, tmp_pa
     other = gen(tmp_path, "other", [" ".join(f"w{i}x{k}" for k in range(80)) for i in range(5)])
     records = [{"id": f"d{i}", "text": t, "meta": {}} for i, t in
                enumerate([*docs[:8], docs[2], edited(docs[4]), docs[2].lower(), edited(docs[5], (7,))])]
-    today = run(Dedup(method=method), records, tmp_path)[:2]
+    today = run_here(Dedup(method=method), records, tmp_path)[:2]
     assert today[1]  # there is something to drop
-    assert run(Dedup(method=method, against=[]), records, tmp_path)[:2] == today
-    assert run(Dedup(method=method, against=[str(other.path)]), records, tmp_path)[:2] == today
+    assert run_here(Dedup(method=method, against=[]), records, tmp_path)[:2] == today
+    assert run_here(Dedup(method=method, against=[str(other.path)]), records, tmp_path)[:2] == today
 
 
 @pytest.mark.parametrize("method", ["exact", "minhash"])
@@ -131,15 +137,17 @@ def test_an_index_extended_over_three_generations_never_readmits_a_duplicate(doc
 def test_an_index_built_with_other_settings_is_an_error_naming_the_field(docs, tmp_path, built, now, field):
     g1 = gen(tmp_path, "g1", docs[:3], save_index="dedup.parquet", **built)
     with pytest.raises(ValueError, match=rf"built with {field}: .*this stage has {field}: "):
-        run(Dedup(against=[str(g1.path / "dedup.parquet")], **now), [{"id": "a", "text": docs[0]}], tmp_path)
+        run_here(Dedup(against=[str(g1.path / "dedup.parquet")], **now), [{"id": "a", "text": docs[0]}], tmp_path)
 
 
 def test_against_a_file_that_is_no_index_or_no_run(docs, tmp_path):
     pq.write_table(gen(tmp_path, "g1", docs[:2]).data(), tmp_path / "x.parquet")  # data, no index
     with pytest.raises(ValueError, match=r"'.*x\.parquet' is not a dedup index"):
-        run(Dedup(against=[str(tmp_path / "x.parquet")]), [{"id": "a", "text": "t"}], tmp_path)
+        run_here(Dedup(against=[str(tmp_path / "x.parquet")]), [{"id": "a", "text": "t"}], tmp_path)
     with pytest.raises(FileNotFoundError, match=r"against\[0\]: .* is neither a smolforge run"):
-        run(Dedup(against=[str(tmp_path)]), [{"id": "a", "text": "t"}], tmp_path)
+        run_here(Dedup(against=[str(tmp_path)]), [{"id": "a", "text": "t"}], tmp_path)
+    with pytest.raises(ValueError, match=r"against\[0\]: .* is this run's own directory"):
+        run(Dedup(against=[str(tmp_path / "g1")]), [{"id": "a", "text": "t"}], tmp_path / "g1")
     with pytest.raises(ValueError, match="save_index must stay inside the run directory"):
         Dedup(save_index="../outside.parquet")
 
@@ -178,7 +186,7 @@ def test_exact_index_holds_hashes_only(docs, tmp_path):
     index = pq.read_table(g1.path / "dedup.parquet")
     assert index.column_names == ["run", "id", "digest"]
     assert {len(d) for d in index["digest"].to_pylist()} == {16}
-    ctx = make_ctx(tmp_path)
+    ctx = make_ctx(tmp_path / "here")
     from smolforge.stages.curate import dedup_index
 
     old = dedup_index.load_exact(Dedup(against=[str(g1.path)]), ctx)
@@ -245,5 +253,5 @@ def test_semantic_against_an_earlier_run_and_its_index(tmp_path):
     index = pq.read_table(g1.path / "emb.parquet")
     assert index.schema.field("embedding").type.list_size == 384
     with pytest.raises(ValueError, match="built with model: 'all-MiniLM-L6-v2', this stage has model: 'other'"):
-        run(Dedup(method="semantic", model="other", against=[str(g1.path / "emb.parquet")]),
+        run_here(Dedup(method="semantic", model="other", against=[str(g1.path / "emb.parquet")]),
             [{"id": "a", "text": "x"}], tmp_path)

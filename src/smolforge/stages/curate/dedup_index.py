@@ -3,8 +3,9 @@
 A new dataset is deduplicated against an old one without its texts (users ask
 for it of datatrove: huggingface/datatrove#370, #312): an earlier run's final
 data is streamed from Parquet in batches and reduced to what dedup compares, the
-16-byte digest of the normalised text (`exact`) or the band keys and 16-bit
-signature (`minhash`, the b-bit MinHash of Li & Koenig 2010); an index file
+16-byte digest of the normalised text (`exact`), the band keys and 16-bit
+signature (`minhash`, the b-bit MinHash of Li & Koenig 2010) or the embedding
+(`semantic`); an index file
 holds exactly these, with each record's id and run, so the next generation
 reads hashes only. The settings a hash depends on are stored in the index file
 (Parquet key-value metadata) and checked when it is read.
@@ -78,6 +79,7 @@ def sources(stage: Dedup, ctx: StageContext) -> list[Source]:
     """`against` resolved: globs expanded (sorted), each a run directory
     (manifest.json) or an index file, else an error naming the entry."""
     out: list[Source] = []
+    own = Path(ctx.run_dir).resolve() if ctx.run_dir is not None else None
     for i, entry in enumerate(stage.against):
         p = ctx.resolve_path(entry)
         found = sorted(glob.glob(str(p))) if glob.has_magic(entry) else [str(p)]
@@ -86,6 +88,9 @@ def sources(stage: Dedup, ctx: StageContext) -> list[Source]:
         for m in found:
             mp = Path(m)
             shown = m if glob.has_magic(entry) else entry
+            if own is not None and (mp.resolve() == own or mp.resolve().is_relative_to(own)):
+                raise ValueError(f"dedup against[{i}]: {shown!r} is this run's own directory or "
+                                 "in it; `against` names what earlier runs kept")
             if (mp / "manifest.json").is_file():
                 out.append(Source(shown, mp, True))
             elif mp.is_file():
