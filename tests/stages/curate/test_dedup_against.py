@@ -144,6 +144,9 @@ def test_against_a_file_that_is_no_index_or_no_run(docs, tmp_path):
     pq.write_table(gen(tmp_path, "g1", docs[:2]).data(), tmp_path / "x.parquet")  # data, no index
     with pytest.raises(ValueError, match=r"'.*x\.parquet' is not a dedup index"):
         run_here(Dedup(against=[str(tmp_path / "x.parquet")]), [{"id": "a", "text": "t"}], tmp_path)
+    (tmp_path / "notes.txt").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"'.*notes\.txt' is not a dedup index nor a run directory"):
+        run_here(Dedup(against=[str(tmp_path / "notes.txt")]), [{"id": "a", "text": "t"}], tmp_path)
     with pytest.raises(FileNotFoundError, match=r"against\[0\]: .* is neither a smolforge run"):
         run_here(Dedup(against=[str(tmp_path)]), [{"id": "a", "text": "t"}], tmp_path)
     with pytest.raises(ValueError, match=r"against\[0\]: .* is this run's own directory"):

@@ -131,7 +131,8 @@ def digest(stage: Dedup, ctx: StageContext) -> list[Any]:
 @dataclass
 class OldRecords:
     """Ids and runs of the records kept before, in the order they were loaded
-    (entry k); hashes live in `digests` (exact) or the LSH (minhash)."""
+    (entry k); hashes live in `digests` (exact), the LSH (minhash) or an array of
+    embeddings (semantic)."""
 
     runs: list[str] = field(default_factory=list)
     _run_of: list[np.ndarray] = field(default_factory=list)
@@ -213,7 +214,11 @@ def _run_batches(stage: Dedup, src: Source) -> Iterator[tuple[pa.Array, list[str
 
 
 def _index_batches(stage: Dedup, src: Source) -> Iterator[pa.RecordBatch]:
-    pf = pq.ParquetFile(src.path, **READ)
+    try:
+        pf = pq.ParquetFile(src.path, **READ)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"dedup against: {src.shown!r} is not a dedup index nor a run directory "
+                         f"({e})") from None
     _check(src.shown, index_meta(src.shown, pf), settings(stage))
     cols = {"exact": ["run", "id", "digest"], "minhash": ["run", "id", "keys", "sig16"],
             "semantic": ["run", "id", "embedding"]}[stage.method]
