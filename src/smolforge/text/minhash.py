@@ -304,15 +304,21 @@ class MinHashLSH:
 
     def add(self, texts: Sequence[str]) -> None:
         sig, has = self.hasher.signatures(texts)
-        keys = band_keys(sig, self.bands, self.rows)
+        self.add_signatures(band_keys(sig, self.bands, self.rows), sig, has)
+
+    def add_signatures(self, keys: np.ndarray, sig: np.ndarray, has: np.ndarray) -> None:
+        """Documents hashed before: band keys [bands, n], signatures [n, num_perm]
+        (only their low 16 bits are kept) and has_shingles [n], as `add` makes them
+        or as a persisted index stores them (`entries`)."""
+        n = len(has)
         done = 0
-        while done < len(texts):
+        while done < n:
             pos = self.count % BLOCK
             if pos == 0:
                 self._keys.append(np.empty((self.bands, BLOCK), dtype=_U64))
                 self._sigs.append(np.empty((BLOCK, self.hasher.num_perm), dtype=np.uint16))
                 self._has.append(np.zeros(BLOCK, dtype=bool))
-            take = min(BLOCK - pos, len(texts) - done)
+            take = min(BLOCK - pos, n - done)
             self._keys[-1][:, pos : pos + take] = keys[:, done : done + take]
             self._sigs[-1][pos : pos + take] = sig[done : done + take]
             self._has[-1][pos : pos + take] = has[done : done + take]
@@ -340,6 +346,26 @@ class MinHashLSH:
         if not parts:
             return np.zeros((0, self.hasher.num_perm), dtype=np.uint16)
         return np.concatenate(parts)
+
+    def entries(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Band keys [bands, len(idx)], 16-bit signatures [len(idx), num_perm] and
+        has_shingles of documents `idx`: what `add_signatures` takes back (an index
+        persisted for later runs)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        keys = np.empty((self.bands, len(idx)), dtype=_U64)
+        sig = np.empty((len(idx), self.hasher.num_perm), dtype=np.uint16)
+        has = np.empty(len(idx), dtype=bool)
+        blk, pos = idx // BLOCK, idx % BLOCK
+        for b in np.unique(blk).tolist():
+            m = blk == b
+            keys[:, m] = self._keys[b][:, pos[m]]
+            sig[m] = self._sigs[b][pos[m]]
+            has[m] = self._has[b][pos[m]]
+        return keys, sig, has
+
+    def has_shingles(self) -> np.ndarray:
+        """has_shingles of every document (a copy)."""
+        return self._has_all()
 
     def _sig(self, i: int) -> np.ndarray:
         return self._sigs[i // BLOCK][i % BLOCK]
@@ -405,13 +431,17 @@ class MinHashLSH:
         return (pairs >> _U64(32)).astype(np.int64), (pairs & _U64(0xFFFFFFFF)).astype(np.int64)
 
     def duplicates(
-        self, threshold: float, clusters: Literal["keep_first", "components"] = "keep_first"
+        self, threshold: float, clusters: Literal["keep_first", "components"] = "keep_first",
+        fixed: int = 0,
     ) -> Duplicates:
+        """Documents below `fixed` were kept before (an earlier run's): with
+        `keep_first` each is kept and joins its buckets whatever its similarity to
+        the others, so a later document similar to any of them is dropped for it."""
         if clusters == "components":
             return self._components(threshold)
-        return self._keep_first(threshold)
+        return self._keep_first(threshold, fixed)
 
-    def _keep_first(self, threshold: float) -> Duplicates:
+    def _keep_first(self, threshold: float, fixed: int = 0) -> Duplicates:
         doc, bucket, _ = self.buckets()
         root = np.arange(self.count, dtype=np.int64)
         sim = np.ones(self.count, dtype=np.float32)
@@ -433,7 +463,7 @@ class MinHashLSH:
                 cands: set[int] = set()
                 for b in mine:
                     cands.update(kept_in.get(b, ()))
-                if cands:
+                if cands and d >= fixed:
                     c = np.fromiter(sorted(cands), dtype=np.int64, count=len(cands))
                     rows = np.stack([self._sig(i) for i in c.tolist()])
                     sims = (rows == self._sig(d)).mean(axis=1)

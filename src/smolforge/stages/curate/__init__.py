@@ -1,1 +1,2 @@
-"""Curation across records: deduplication and benchmark decontamination."""
+"""Curation across records: deduplication (with `dedup_index`, what earlier runs
+kept, as hashes) and benchmark decontamination."""
