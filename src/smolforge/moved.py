@@ -38,7 +38,7 @@ MOVED: dict[str, str] = {
     "smolforge.stages.constraints": "smolforge.stages.verify.constraints",
     "smolforge.stages.verify_code": "smolforge.stages.verify.code",
     "smolforge.stages.verify_json": "smolforge.stages.verify.json_schema",
-    "smolforge.stages.preference": "smolforge.stages.preferences.preference",
+    "smolforge.stages.preference": "smolforge.stages.preferences",
     "smolforge.stages.mix": "smolforge.stages.assemble.mix",
     "smolforge.stages.real_mix": "smolforge.stages.assemble.mix_real",
     "smolforge.stages.split": "smolforge.stages.assemble.split",

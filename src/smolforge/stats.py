@@ -118,3 +118,18 @@ def histogram(values: list[float], bins: int = 10, rejected: list[float] | None 
                     **({"rejected": rej_n[k]} if rejected is not None else {})}
                    for k, (a, b, label) in enumerate(edges)]
     return out
+
+
+def value_counts(values: list[float], bins: int = 10) -> dict[str, int]:
+    """A compact histogram for stage summaries (`show` prints it on one line): counts
+    per value when scores sit on a 0.25 grid (means of 1-5 ratings), else `bins`
+    equal-width bins labelled by their lower edge."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not vals:
+        return {}
+    if all(abs(v * 4 - round(v * 4)) < 1e-9 for v in vals):
+        return {f"{v:g}": n for v, n in sorted(Counter(vals).items())}
+    lo, hi = min(vals), max(vals)
+    width = (hi - lo) / bins or 1.0
+    c = Counter(min(int((v - lo) / width), bins - 1) for v in vals)
+    return {f"{lo + b * width:.3g}": c[b] for b in sorted(c)}

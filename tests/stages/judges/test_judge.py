@@ -227,7 +227,7 @@ def test_score_patterns_run_in_re2():
 
     src = str(Path(smolforge.__file__).resolve().parent.parent)
     code = ("from smolforge.stages.judges.judge import parse_score\n"
-            "from smolforge.stages.preferences.preference import parse_listwise\n"
+            "from smolforge.stages.preferences.rate import parse_listwise\n"
             "print(parse_score('a' * 40 + '!', '^(a+)+$', False)[0])\n"
             "print(parse_listwise('a' * 40 + '!', 1, '^(a+)+$', 1, 5))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

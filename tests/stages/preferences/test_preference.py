@@ -19,16 +19,16 @@ import yaml
 
 import smolforge as sf
 from smolforge.context import EnginePool, StageContext
-from smolforge.stages.preferences.preference import (
+from smolforge.engines.reward import reward_value
+from smolforge.stages.preferences import (
     Candidates,
     Pairs,
     Rate,
-    histogram,
     make_pairs,
     parse_listwise,
     presentation_order,
-    reward_value,
 )
+from smolforge.stats import value_counts as histogram
 
 PATTERN = r"(?:rating|score)\s*(?:is|of|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)"
 

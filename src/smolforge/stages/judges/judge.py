@@ -46,163 +46,48 @@ import json
 import math
 import re
 import statistics
-from functools import lru_cache
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from smolforge.context import StageContext, derive_seed
 from smolforge.engines.base import Completion
-from smolforge.expr import ExprError, compile_regex
 from smolforge.paths import FILE
-from smolforge.registry import closest, stages
+from smolforge.registry import stages
 from smolforge.stages.base import Record, Result, Shards
+from smolforge.stages.judges.checks import (  # noqa: F401 - re-exported: judge's old names
+    CHECK_MIN,
+    EQUAL_TO_POSITION,
+    ONE_SIDE,
+    POSITION_RHO,
+    UNCORRELATED,
+    judge_check,
+    panel_agreement,
+)
+from smolforge.stages.judges.rubrics import (  # noqa: F401 - re-exported: judge's old names
+    DEFAULT_CRITERIA_TEMPLATE,
+    DEFAULT_SCORE_PATTERN,
+    RUBRIC_DIR,
+    Criterion,
+    Rubric,
+    builtin_rubrics,
+    check_rubric_file,
+    check_score_pattern,
+    load_rubric,
+    score_regex,
+    subset_criteria,
+)
 from smolforge.stages.llm import LLMStage
+from smolforge.stats import krippendorff_alpha_interval, spearman  # noqa: F401 - re-exported
 from smolforge.templates import TemplateError, variables
 from smolforge.text import loads_json
 
-DEFAULT_SCORE_PATTERN = r"score\"?\s*(?:is|of|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)"
-DEFAULT_CRITERIA_TEMPLATE = """\
-Here is an extract from a document:
-
-{{ text[:max_chars] }}
-
-Question: {{ question }} Answer yes or no.
-Answer:"""
 TOP_LOGPROBS = 20  # alternatives asked for per token (OpenAI's maximum)
-RUBRIC_DIR = Path(str(resources.files("smolforge") / "rubrics"))
-
-
-class Criterion(BaseModel):
-    """One yes/no question of a decomposed rubric. `reverse: true`: a "no" earns the
-    point (a question such as "Is the extract an advertisement?")."""
-
-    model_config = ConfigDict(extra="forbid")
-    question: str
-    reverse: bool = False
-
-
-def score_regex(pattern: str) -> Any:
-    """A score pattern (a recipe's or a rubric file's), case-insensitive, in RE2: its
-    time is linear in the judge's answer whatever the pattern."""
-    return compile_regex("(?i)" + pattern, "score patterns use")
-
-
-def check_score_pattern(pattern: str) -> str:
-    """ValueError unless RE2 runs `pattern` and it has a group for the score."""
-    try:
-        groups = score_regex(pattern).groups
-    except ExprError as e:
-        raise ValueError(f"invalid regex: {e}".replace(repr("(?i)" + pattern), repr(pattern), 1)) from None
-    if groups < 1:
-        raise ValueError("needs a capture group for the score")
-    return pattern
-
-
-class Rubric(BaseModel):
-    """A rubric file: one prompt template per aspect, the score range and pattern."""
-
-    model_config = ConfigDict(extra="forbid")
-    description: str = ""
-    min_score: float = 0
-    max_score: float = 5
-    max_chars: int = 2000
-    score_pattern: str = DEFAULT_SCORE_PATTERN
-    aspects: dict[str, str] = Field(min_length=1)
-    # The decomposed form (method: criteria): criterion name -> a yes/no question (or
-    # {question, reverse}), each put through `criteria_template` (its `question`
-    # variable; the rubric's others).
-    criteria: dict[str, Criterion] = Field(default_factory=dict)
-    criteria_template: str = DEFAULT_CRITERIA_TEMPLATE
-
-    @field_validator("score_pattern")
-    @classmethod
-    def _re2_pattern(cls, v: str) -> str:
-        return check_score_pattern(v)
-    criteria_max_chars: int | None = None  # default: max_chars
-
-    @field_validator("criteria", mode="before")
-    @classmethod
-    def _plain_questions(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: {"question": q} if isinstance(q, str) else q for k, q in v.items()}
-        return v
-
-    def criteria_score(self, p_yes: dict[str, float]) -> float:
-        """The decomposed rubric's score from each criterion's P(yes): the sum of the
-        points, P(yes) for a criterion and P(no) for a reverse-keyed one. With both
-        kinds, each kind weighs half, so the range stays 0..(number of criteria that a
-        "yes" earns) and a judge's tendency to answer "yes" to anything about a text
-        (acquiescence, strong in small models) cancels out."""
-        pos = [p for name, p in p_yes.items() if not self.criteria[name].reverse]
-        rev = [1 - p for name, p in p_yes.items() if self.criteria[name].reverse]
-        if not (pos and rev):
-            return sum(pos) + sum(rev)
-        return len(pos) * (statistics.fmean(pos) + statistics.fmean(rev)) / 2
-
-
-def subset_criteria(rubric: Rubric, names: list[str] | None, label: str) -> Rubric:
-    """The rubric asking only the criteria `names` (all when None): a recipe picks the
-    questions that were measured to work for its data, the rubric keeps the rest."""
-    if not names:
-        return rubric
-    unknown = [n for n in names if n not in rubric.criteria]
-    if unknown:
-        raise ValueError(f"rubric {label!r} has no criteria {unknown} (has: {list(rubric.criteria)})")
-    return rubric.model_copy(update={"criteria": {n: rubric.criteria[n] for n in names}})
-
-
-def builtin_rubrics() -> list[str]:
-    return sorted(p.stem for p in RUBRIC_DIR.glob("*.yaml"))
-
-
-def load_rubric(name_or_path: str, base_dir: str = ".") -> Rubric:
-    """The rubric, read from its file on every call (a user may edit it between two
-    runs in one process); parsing is cached by content."""
-    path = RUBRIC_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        path = Path(base_dir) / Path(name_or_path).expanduser()
-    if not path.is_file():
-        hint = closest(name_or_path, builtin_rubrics())
-        raise ValueError(
-            f"unknown rubric {name_or_path!r}"
-            + (f" (did you mean {hint!r}?)" if hint else f" (built-in: {', '.join(builtin_rubrics())}; or a YAML file)")
-        )
-    return _parse_rubric(path.read_text())
-
-
-def check_rubric_file(name: str, base_dir: Path) -> Rubric:
-    """A rubric file named in a recipe, read and parsed at validation time; any
-    problem is a TemplateError on the stage's `rubric` field, with the file named."""
-    try:
-        rubric = load_rubric(name, str(base_dir))
-        for src in [*rubric.aspects.values(), rubric.criteria_template]:
-            variables(src)  # a template that does not parse
-        return rubric
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise TemplateError(f"rubric file {name!r}: {where + ': ' if where else ''}{first['msg']}",
-                            field="rubric") from None
-    except (ValueError, OSError, yaml.YAMLError) as e:
-        msg = str(e) if str(e).startswith("unknown rubric") else f"rubric file {name!r}: {e}"
-        raise TemplateError(msg, field="rubric") from None
-
-
-@lru_cache(maxsize=32)
-def _parse_rubric(text: str) -> Rubric:
-    return Rubric.model_validate(yaml.safe_load(text))
 
 
 def parse_score(answer: str, pattern: str, structured: bool) -> tuple[float | None, str]:
@@ -652,145 +537,6 @@ def entropy(dist: dict[int, float]) -> float:
 
 def binary_entropy(p: float) -> float:
     return entropy({1: p, 0: 1 - p})
-
-
-# ------------------------------------------------------------------ panels
-
-def _ranks(xs: list[float]) -> list[float]:
-    """Average ranks (ties share the mean of their positions), 1-based."""
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rho: Pearson's correlation of the average ranks (scipy's definition).
-    None when either side is constant or there are fewer than 2 pairs."""
-    if len(x) != len(y) or len(x) < 2:
-        return None
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
-
-
-# ------------------------------------------------------------------ self-checks
-
-CHECK_MIN = 8  # ratings below this many say nothing about a judge
-POSITION_RHO = 0.8  # |Spearman| of rating with display position that marks a degenerate judge
-EQUAL_TO_POSITION = 0.9  # share of ratings equal to their display position (1, 2, 3...)
-ONE_SIDE = 0.9  # share of comparisons won by the response shown first (or second)
-UNCORRELATED = 0.1  # |Spearman| of the score with every criterion below this: unrelated
-
-
-def judge_check(scores: list[float], positions: list[int] | None = None,
-                criteria: dict[str, list[float]] | None = None,
-                orders: list[tuple[float, float]] | None = None,
-                overall: list[float] | None = None, alone: bool = False) -> dict[str, Any]:
-    """What a judge's own output says about it: position bias and signs of a
-    degenerate judge (Zheng et al., 2023, MT-Bench: position bias; a small model's
-    listwise ratings often copy the display order).
-
-    - `positions`: the display position (1-based) each score was given at: the
-      mean rating by position, Spearman's rho of rating with position, and the
-      share of ratings equal to their position.
-    - `orders`: per compared pair, P(a better) with a shown first and with a shown
-      second: the agreement between the two orders and the share of comparisons the
-      first-shown response won.
-    - `criteria`: per criterion (aspect, yes/no question) its value for each of
-      `overall` (default: `scores`), the combined scores: Spearman's rho with each.
-    - `alone`: each text was judged in a request of its own, so no display
-      position can bias it (said in `position_bias`); the other signals still apply.
-
-    `degenerate` lists the signals found (empty: none): one constant score, ratings
-    that follow or equal the display position, one position winning nearly every
-    comparison, a score uncorrelated with every criterion. Nothing is flagged below
-    CHECK_MIN ratings."""
-    out: dict[str, Any] = {"ratings": len(scores)}
-    bad: list[str] = []
-    enough = len(scores) >= CHECK_MIN
-    if enough and len(set(scores)) == 1:
-        bad.append(f"one constant score: all {len(scores)} ratings are {scores[0]:g}")
-    if alone:
-        out["position_bias"] = {"shown": "one text per request: no display position"}
-    if positions:
-        by: dict[int, list[float]] = {}
-        for p, v in zip(positions, scores):
-            by.setdefault(p, []).append(v)
-        rho = spearman([float(p) for p in positions], scores)
-        equal = sum(float(p) == v for p, v in zip(positions, scores)) / len(scores)
-        out["position_bias"] = {
-            "mean_rating_by_position": {str(p): round(statistics.fmean(v), 3) for p, v in sorted(by.items())},
-            "spearman_rating_position": None if rho is None else round(rho, 3),
-            "ratings_equal_to_position": round(equal, 3)}
-        if enough and equal >= EQUAL_TO_POSITION:
-            bad.append(f"ratings equal their display position ({equal:.0%} of {len(scores)})")
-        elif enough and rho is not None and abs(rho) >= POSITION_RHO:
-            bad.append(f"ratings follow the display position (Spearman {rho:.2f})")
-    if orders:
-        agree = sum((p1 > 0.5 and p2 > 0.5) or (p1 < 0.5 and p2 < 0.5) for p1, p2 in orders) / len(orders)
-        # order 1 shows a first (a wins: p1 > 1/2); order 2 shows b first (b wins: p2 < 1/2)
-        first = statistics.fmean([(p1 > 0.5) + (p2 < 0.5) for p1, p2 in orders]) / 2
-        out["position_bias"] = {"pairs": len(orders), "order_agreement": round(agree, 3),
-                                "first_shown_wins": round(first, 3)}
-        if len(orders) >= CHECK_MIN and max(first, 1 - first) >= ONE_SIDE:
-            side = "first" if first >= 0.5 else "second"
-            bad.append(f"the {side}-shown response wins {max(first, 1 - first):.0%} of "
-                       f"{2 * len(orders)} comparisons (the two orders agree on {agree:.0%} of pairs)")
-    combined = scores if overall is None else overall
-    if criteria and len(set(combined)) > 1:
-        rhos = {name: spearman(vals, combined) for name, vals in criteria.items()}
-        out["spearman_score_criterion"] = {k: None if r is None else round(r, 3) for k, r in rhos.items()}
-        if len(combined) >= CHECK_MIN and len(criteria) > 1 and all(r is None or abs(r) < UNCORRELATED for r in rhos.values()):
-            bad.append(f"the score is uncorrelated with every criterion ({', '.join(criteria)})")
-    out["degenerate"] = bad
-    return out
-
-
-def krippendorff_alpha_interval(units: list[list[float | None]]) -> float | None:
-    """Krippendorff's alpha with the interval metric (squared differences), for
-    `units[u][c]` = coder c's value for unit u (None: missing). Units with fewer than
-    two values are not pairable and left out (Krippendorff, 2011, "Computing
-    Krippendorff's Alpha-Reliability"). None if nothing is pairable or there is
-    no variation at all."""
-    values = [[v for v in u if v is not None] for u in units]
-    values = [u for u in values if len(u) >= 2]
-    n = sum(len(u) for u in values)
-    if n < 2:
-        return None
-    d_o = sum(sum((a - b) ** 2 for i, a in enumerate(u) for j, b in enumerate(u) if i != j) / (len(u) - 1)
-              for u in values) / n
-    pooled = [v for u in values for v in u]
-    d_e = sum((a - b) ** 2 for i, a in enumerate(pooled) for j, b in enumerate(pooled) if i != j) / (n * (n - 1))
-    if d_e == 0:
-        return None
-    return 1 - d_o / d_e
-
-
-def panel_agreement(panel: list[list[float | None]], names: list[str]) -> dict[str, Any]:
-    """A panel's agreement: Spearman's rho for every pair of judges (over the records
-    both scored) and Krippendorff's alpha (interval) over all of them."""
-    pairs = {}
-    for a in range(len(names)):
-        for b in range(a + 1, len(names)):
-            both = [(r[a], r[b]) for r in panel if r[a] is not None and r[b] is not None]
-            rho = spearman([x for x, _ in both], [y for _, y in both])
-            pairs[f"{names[a]} ~ {names[b]}"] = None if rho is None else round(rho, 4)
-    alpha = krippendorff_alpha_interval(panel)
-    return {"judges": names, "records": len(panel), "spearman": pairs,
-            "krippendorff_alpha_interval": None if alpha is None else round(alpha, 4)}
 
 
 def _of(aspect: str, aspects: list[str]) -> str:
