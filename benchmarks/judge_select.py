@@ -58,8 +58,12 @@ def load_items(path: Path = DATA) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def score(items: list[dict], out: Path, threads: int) -> None:
-    """Every candidate question's P(yes) on every item, through the real judge stage."""
+def score(items: list[dict], out: Path, threads: int, missing: bool = False) -> None:
+    """Every candidate question's P(yes) on every item, through the real judge stage
+    (`missing`: only on the items the file has none for; the others are kept)."""
+    kept = load_probs(out) if missing and out.exists() else {}
+    kept = {k: v for k, v in kept.items() if k in {r["id"] for r in items}}
+    todo = [r for r in items if r["id"] not in kept]
     import smolforge as sf
     from smolforge.recipe import Recipe
 
@@ -68,7 +72,7 @@ def score(items: list[dict], out: Path, threads: int) -> None:
             "name": "judge-select", "shard_size": 1000,
             "engine": {"type": "llamacpp", "model": "smollm2-135m", "n_threads": threads},
             "allow_paths": [str(HERE)],
-            "stages": [{"type": "items", "items": [{"text": r["text"], "key": r["id"]} for r in items]},
+            "stages": [{"type": "items", "items": [{"text": r["text"], "key": r["id"]} for r in todo]},
                        {"type": "judge", "name": "judge", "rubric": str(CANDIDATES), "method": "criteria",
                         "column": "s", "on_fail": "keep"}],
         })
@@ -76,12 +80,13 @@ def score(items: list[dict], out: Path, threads: int) -> None:
     import yaml
 
     names = list(yaml.safe_load(CANDIDATES.read_text())["criteria"])
-    got = {row["key"]: {n: row.get(f"s_{n}") for n in names} for row in rows}
+    got = {row["key"]: {n: None if row.get(f"s_{n}") is None else round(row[f"s_{n}"], 6) for n in names}
+           for row in rows}
+    got.update(kept)
     with out.open("w") as f:
         for r in items:
-            f.write(json.dumps({"id": r["id"], "p_yes": {n: round(p, 6) if p is not None else None
-                                                          for n, p in got[r["id"]].items()}}) + "\n")
-    print(f"wrote {out} ({len(items)} items x {len(names)} questions)", file=sys.stderr)
+            f.write(json.dumps({"id": r["id"], "p_yes": got[r["id"]]}) + "\n")
+    print(f"wrote {out} ({len(todo)} items asked, {len(kept)} kept; {len(names)} questions)", file=sys.stderr)
 
 
 
@@ -304,10 +309,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("step", choices=["score", "select"])
     ap.add_argument("--threads", type=int, default=1, help="score: llama.cpp threads")
+    ap.add_argument("--missing", action="store_true", help="score: only the items without stored probabilities")
     args = ap.parse_args()
     items = load_items()
     if args.step == "score":
-        score(items, PROBS, args.threads)
+        score(items, PROBS, args.threads, args.missing)
         return
     print(json.dumps(select(items, load_probs()), indent=1))
 

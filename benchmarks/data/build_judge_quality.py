@@ -331,17 +331,21 @@ def main() -> None:
     selling = re.compile(r"sponsor|donat|paypal|subscription|utm_|logo here|buy me|patreon|commercial support|"
                          r"support me|companies", re.I)
     n_dev = n_hold = 0
-    for para, where in metadata_blurbs():
-        if re.search(r"^\s*[-*]\s|by `@|tomllib|grant", para, re.I) or not selling.search(para):
-            continue  # a release note, a list item, code or an acknowledgement that mentions a sponsor
-        if len(cut(para)) < 200:
-            continue
-        if tidelift.search(para) and n_dev < 10:
+    blurbs = [(para, where) for para, where in metadata_blurbs()
+              if not re.search(r"^\s*[-*]\s|by `@|tomllib|grant", para, re.I) and selling.search(para)
+              and len(cut(para)) >= 200]  # not a release note, list item, code or acknowledgement
+    # one package's blurbs stay in one group: a package with any Tidelift/Pallets blurb is dev
+    dev_files = {where for para, where in blurbs if tidelift.search(para)}
+    nth: dict[str, int] = {}
+    for para, where in blurbs:
+        nth[where] = nth.get(where, 0) + 1
+        source = f"site-packages/{where} (blurb {nth[where]})"
+        if where in dev_files and n_dev < 10:
             n_dev += 1
-            add(para, 0, "promotional", "metadata-tidelift-pallets", f"site-packages/{where}")
-        elif not tidelift.search(para) and n_hold < 8:
+            add(para, 0, "promotional", "metadata-tidelift-pallets", source)
+        elif where not in dev_files and n_hold < 8:
             n_hold += 1
-            add(para, 0, "promotional", "metadata-other-sponsors", f"site-packages/{where}")
+            add(para, 0, "promotional", "metadata-other-sponsors", source)
 
     jwt = read_text("/usr/share/doc/python3-jwt/README.rst")
     if "Sponsor" in jwt:
@@ -385,6 +389,8 @@ def main() -> None:
         add(corrupt(cut(text, 1400), how, k), 0, "garbled", "garbled-docstrings-readmes",
             f"{src}, corrupted: {how} (seed {k})")
 
+    ids = [r["id"] for r in items]
+    assert len(set(ids)) == len(ids), "two items with one source: name them apart"
     items.sort(key=lambda r: r["id"])
     with OUT.open("w") as f:
         for r in items:
