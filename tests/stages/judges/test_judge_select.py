@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import judge_select as js  # noqa: E402
 
-from smolforge.stages.judge import load_rubric  # noqa: E402
+from smolforge.stages.judges.rubrics import load_rubric  # noqa: E402
 
 
 def test_split_is_by_source_family_and_every_kind_is_on_both_sides():
