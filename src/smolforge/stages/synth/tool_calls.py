@@ -75,7 +75,8 @@ class ToolCalls(LoopLLM, MapStage):
     max_calls: int = Field(4, ge=1, le=16, description="most calls in one trace")
     semantic: bool = Field(True, description="ask the judge whether the results answer the query")
     semantic_min: float = Field(0.5, ge=0, le=1, description="least P(yes) the semantic judge must give")
-    judge_engine: EngineField = Field(None, description="engine for the semantic check (default: engine)")
+    judge_engine: str | dict[str, Any] | None = Field(
+        None, description="one engine for the semantic check (default: the stage's engine)")
     answer: bool = Field(True, description="write the final answer from the results")
     max_result_chars: int = Field(4000, ge=16, description="longest JSON result a call may return")
     limits: Limits = Field(default_factory=_tool_limits, description="sandbox limits per trace")
