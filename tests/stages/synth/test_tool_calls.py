@@ -196,3 +196,18 @@ def test_recipe_runs_on_the_bundled_model_and_every_reject_names_its_check(tmp_p
         assert r["tool_check"] == "passed" and r["messages"][0]["role"] == "user"
     show = smolforge("show", str(out))
     assert show.returncode == 0 and (not rejects or "tool_calls:" in show.stdout)
+
+
+def test_tool_subset_offers_only_its_tools(tmp_path):
+    (tmp_path / "tools.py").write_text(PLANTED_TOOLS)
+    stage = stages.get("tool_calls").model_validate({
+        "type": "tool_calls", "tools": "tools.py", "calls": "calls", "tool_subset": "offer",
+        "semantic": False, "answer": False})
+    recs = [{"id": "0", "meta": {}, "query": "q", "offer": "add", "calls": '[{"name": "add", "arguments": {"a": 1, "b": 1}}]'},
+            {"id": "1", "meta": {}, "query": "q", "offer": ["add"], "calls": '[{"name": "odd", "arguments": {}}]'},
+            {"id": "2", "meta": {}, "query": "q", "offer": "add, sub", "calls": "[]"}]
+    res = stage.process(recs, stage_ctx(tmp_path, stage="tool_calls"))
+    assert [r["id"] for r in res.kept] == ["0"] and [t["function"]["name"] for t in json.loads(res.kept[0]["tools"])] == ["add"]
+    reasons = {r.record["id"]: r.reason for r in res.rejected}
+    assert reasons["1"] == "tool_calls: format: $.calls[0].name: tool 'odd' was not offered for this query"
+    assert reasons["2"].startswith("tool_calls: column 'offer' names unknown tools ['sub']")

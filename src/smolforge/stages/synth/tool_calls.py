@@ -254,6 +254,8 @@ class ToolCalls(LoopLLM, MapStage):
             parse_yes_no,
         )
 
+        if not live:
+            return
         reqs = []
         for st in live:
             req = self.request(ctx, ("judge", st["rec"]["id"]), messages=chat(semantic_prompt(
