@@ -211,3 +211,29 @@ def test_tool_subset_offers_only_its_tools(tmp_path):
     reasons = {r.record["id"]: r.reason for r in res.rejected}
     assert reasons["1"] == "tool_calls: format: $.calls[0].name: tool 'odd' was not offered for this query"
     assert reasons["2"].startswith("tool_calls: column 'offer' names unknown tools ['sub']")
+
+
+# A compact tool-capable chat template in the manner of Qwen2.5's (tools listed as
+# JSON in the system turn, `tool_call.arguments` taken as a string or a mapping,
+# `tool` turns for results): enough to show the stored rows render as TRL would.
+TOOL_TEMPLATE = (
+    "{% if tools %}<|system|>Tools:{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n{% endif %}"
+    "{% for m in messages %}<|{{ m.role }}|>{% if m.content %}{{ m.content }}{% endif %}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{\"name\": \"{{ c.function.name }}\", \"arguments\": "
+    "{% if c.function.arguments is string %}{{ c.function.arguments }}{% else %}{{ c.function.arguments | tojson }}"
+    "{% endif %}}</call>{% endfor %}{% endif %}\n{% endfor %}")
+
+
+def test_kept_rows_survive_arrow_and_render_through_a_tool_template(tmp_path):
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from smolforge.records import plain_rows, records_to_table
+
+    kept, _, _ = run_planted(tmp_path, [[{"name": "add", "arguments": {"a": 1, "b": 2}}],
+                                        [{"name": "odd", "arguments": {}}], []], keep_failed=True)
+    rows = plain_rows(records_to_table(list(kept.values())))  # as the run directory stores them
+    row = next(r for r in rows if r["id"] == "0")
+    assert row["messages"][0]["tool_calls"] is None  # Arrow gives every message every key
+    text, _ = render_jinja_template([row["messages"]], tools=json.loads(row["tools"]), chat_template=TOOL_TEMPLATE)
+    assert '<call>{"name": "add", "arguments": {"a": 1, "b": 2}}</call>' in text[0]
+    assert "<|tool|>3" in text[0] and '"name": "lookup"' in text[0]
