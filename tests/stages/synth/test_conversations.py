@@ -8,6 +8,7 @@ through the bundled tokenizer's chat template; the built-in recipe runs."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -155,3 +156,87 @@ def test_the_builtin_recipe_runs(tmp_path):
         assert 1 <= k["turns"] <= 3 and len(row["messages"]) == 1 + 2 * k["turns"]
     for row in rejected:
         assert "exchanges < min_turns" in row["reason"]
+
+
+# ------------------------------------------------------------ scripted turns
+# A canned OpenAI-compatible server on 127.0.0.1 (tests/faultproxy.py) plays both
+# sides by a script, so that each rule and each outcome is planted exactly.
+
+USER_LINES = ["How do I make pancakes?", "What heat should I use?", "What goes on top?"]
+ANSWERS = ["Mix flour, milk and eggs.", "Use a medium pan.", "Fruit or syrup is nice."]
+LONG = "This answer rambles on and on well past the limit set for an assistant turn."
+
+
+def script(calls: dict, seeds: dict):
+    def answer(body: dict) -> str:
+        msgs = body["messages"]
+        text = msgs[-1]["content"]
+        if text.startswith("You are playing a person"):  # the simulated user
+            who = re.search(r"Who you are: (\w+)", text).group(1)
+            turn = text.count("\nAssistant: ") + 1
+            if who == "impostor":
+                return "How can I help you today?"
+            if who == "quitter" and turn == 2:
+                return "Thanks, that is all. [DONE]"
+            return f"{who}: {USER_LINES[turn - 1]}"
+        who = msgs[1]["content"].split(":")[0]  # the assistant: whose dialogue, which turn
+        turn = sum(m["role"] == "user" for m in msgs)
+        k = calls[(who, turn)] = calls.get((who, turn), 0) + 1
+        seeds.setdefault((who, turn), []).append(body.get("seed"))
+        if turn == 2 and (who == "broken" or (who == "flaky" and k == 1)):
+            return LONG
+        return ANSWERS[turn - 1]
+    return answer
+
+
+def test_scripted_regeneration_cut_end_marker_and_impostor(tmp_path):
+    from faultproxy import canned_server
+
+    calls: dict = {}
+    seeds: dict = {}
+    with canned_server(script(calls, seeds)) as server:
+        data = {"name": "scripted", "seed": 5, "shard_size": 8,
+                "engine": {"type": "openai", "base_url": server.url, "model": "m", "max_retries": 0},
+                "stages": [{"type": "items", "items": [{"persona": p, "goal": "pancakes"} for p in
+                                                       ("good", "flaky", "broken", "quitter", "impostor")]},
+                           {"type": "conversations", "system": SYSTEM, "max_turns": 3, "retries": 2,
+                            "assistant_max_chars": 40, "drop_truncated": False}]}
+        r = run(tmp_path, "s", data)
+    kept = {meta(row)["knobs"]["persona"]: row for row in r.data().to_pylist()}
+    assert set(kept) == {"good", "flaky", "broken", "quitter"}
+    turns = {who: meta(row)["knobs"]["turns"] for who, row in kept.items()}
+    ended = {who: meta(row)["knobs"]["ended"] for who, row in kept.items()}
+    assert turns == {"good": 3, "flaky": 3, "broken": 1, "quitter": 1}
+    assert ended == {"good": "max_turns", "flaky": "max_turns", "broken": "cut", "quitter": "end_marker"}
+    assert kept["good"]["messages"] == [{"role": "system", "content": SYSTEM}] + [
+        m for u, a in zip(USER_LINES, ANSWERS)
+        for m in ({"role": "user", "content": f"good: {u}"}, {"role": "assistant", "content": a})]
+    # flaky: one bad answer at turn 2, regenerated once with another seed, then kept
+    flaky = meta(kept["flaky"])["conversations"]
+    assert flaky["regenerated"] == 1 and calls[("flaky", 2)] == 2
+    assert flaky["reasons"] == [f"assistant turn 2: assistant turn too long: {len(LONG)} chars > 40"]
+    assert len(set(seeds[("flaky", 2)])) == 2
+    assert kept["flaky"]["messages"][4] == {"role": "assistant", "content": ANSWERS[1]}
+    # broken: bad three times (1 + retries), cut after its last good exchange
+    broken = meta(kept["broken"])["conversations"]
+    assert calls[("broken", 2)] == 3 and broken["regenerated"] == 2
+    assert broken["reasons"][-1] == f"assistant turn 2: assistant turn too long: {len(LONG)} chars > 40 (retry 2)"
+    assert [m["role"] for m in kept["broken"]["messages"]] == ["system", "user", "assistant"]
+    assert [m["role"] for m in kept["quitter"]["messages"]] == ["system", "user", "assistant"]
+    (rej,) = r.rejects().to_pylist()
+    assert rej["reason"] == ("0 exchanges < min_turns 1 (user turn 1: user turn speaks as the assistant; "
+                             "user turn 1: user turn speaks as the assistant (retry 1); "
+                             "user turn 1: user turn speaks as the assistant (retry 2))")
+
+
+def test_chat_export_refuses_a_malformed_messages_column(tmp_path):
+    good = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    data = {"name": "m", "stages": [{"type": "items", "items": [
+        {"messages": good}, {"messages": [{"role": "robot", "content": "beep"}]}]}]}
+    path = write_recipe(tmp_path / "m.yaml", data)
+    assert smolforge("run", str(path), "--out", str(tmp_path / "m"), "--quiet").returncode == 0
+    p = smolforge("export", str(tmp_path / "m"), "--format", "chat", "--to", str(tmp_path / "c.jsonl"))
+    assert p.returncode != 0 and "messages[0] is not a {role, content} message" in p.stderr
+    ids = [r["id"] for r in sf.Run(tmp_path / "m").data().to_pylist()]
+    assert f"record {ids[1]}:" in p.stderr
+    assert not (tmp_path / "c.jsonl").exists()
