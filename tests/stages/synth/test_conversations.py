@@ -240,3 +240,13 @@ def test_chat_export_refuses_a_malformed_messages_column(tmp_path):
     ids = [r["id"] for r in sf.Run(tmp_path / "m").data().to_pylist()]
     assert f"record {ids[1]}:" in p.stderr
     assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_a_bad_user_engine_is_a_recipe_error_naming_its_path(tmp_path):
+    from smolforge.recipe import RecipeError, load_recipe
+
+    data = recipe(user_engine={"type": "nosuch"})
+    path = write_recipe(tmp_path / "r.yaml", data)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert "stages[1].user_engine.type" in str(e.value)

@@ -105,11 +105,16 @@ class Conversations(LoopLLM, MapStage):
     def template_files(self) -> list[str]:
         return [self.user_template_file]
 
+    def sides(self, ctx: StageContext) -> tuple[Engine, Engine]:
+        """The assistant's engine and the simulated user's (the same one by default)."""
+        return ctx.engine(self.engine), ctx.engine(self.user_engine if self.user_engine is not None else self.engine)
+
     def engines(self, ctx: StageContext) -> list[Engine]:
-        return [ctx.engine(self.engine), ctx.engine(self.user_engine if self.user_engine is not None else self.engine)]
+        assistant, user = self.sides(ctx)
+        return [assistant] if user is assistant else [assistant, user]
 
     def fingerprint_extra(self, ctx: StageContext) -> Any:
-        return {**super().fingerprint_extra(ctx), "user_engine": self.engines(ctx)[1].identity()}
+        return {**super().fingerprint_extra(ctx), "user_engine": self.sides(ctx)[1].identity()}
 
     # -- the checks
 
@@ -156,7 +161,7 @@ class Conversations(LoopLLM, MapStage):
 
     def process(self, batch: list[Record], ctx: StageContext) -> Result:
         res = Result()
-        assistant, user = self.engines(ctx)
+        assistant, user = self.sides(ctx)
         source = load_template(ctx, self.user_template_file)
         dialogues: list[dict[str, Any]] = []
         for rec in batch:
