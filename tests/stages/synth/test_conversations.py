@@ -250,3 +250,12 @@ def test_a_bad_user_engine_is_a_recipe_error_naming_its_path(tmp_path):
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
     assert "stages[1].user_engine.type" in str(e.value)
+
+
+def test_min_turns_above_max_turns_is_a_recipe_error(tmp_path):
+    from smolforge.recipe import RecipeError, load_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", recipe(min_turns=3, max_turns=2))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert "stages[1]" in str(e.value) and "min_turns (3) > max_turns (2)" in str(e.value)

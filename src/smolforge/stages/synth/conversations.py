@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from smolforge.context import StageContext
 from smolforge.engines.base import Engine, chat
@@ -98,6 +98,13 @@ class Conversations(LoopLLM, MapStage):
     assistant_max_chars: int | None = Field(4000, ge=1, description="longer assistant turns are bad")
     max_similarity: float = Field(0.8, gt=0, le=1, description="ROUGE-L F1 at which a turn repeats one")
     refusal: bool = Field(True, description="an assistant turn opening with a refusal is bad")
+
+    @model_validator(mode="after")
+    def _turn_bounds(self):
+        if self.min_turns > self.max_turns:
+            raise ValueError(f"min_turns ({self.min_turns}) > max_turns ({self.max_turns}): every dialogue "
+                             "would be dropped")
+        return self
 
     def provides(self) -> set[str]:
         return {self.output}
