@@ -13,7 +13,8 @@ prompt in `prompt_column` (or, with `prompt_column: null`, from a template that 
 one column, `{{ prompt }}`); `magpie` and `evol_instruct` write an instruction and
 its answer; `self_instruct` and `persona_expand` write one column; `candidates`
 writes a list of completions for `prompt_column`, which `pairs` turns into
-`chosen` / `rejected`. A `render` writing `prompt`, `completion` or `response`
+`chosen` / `rejected`; `conversations` writes whole dialogues (`messages`), which
+a chat export takes as they are. A `render` writing `prompt`, `completion` or `response`
 after the last generation formats the record for export (github_issues) and takes
 that role.
 """
@@ -44,6 +45,7 @@ class Declared:
     system: str | None = None  # a system turn column, when a stage writes one
     stage: str | None = None  # the stage that declared `response`
     preference: bool = False  # a `pairs` stage made chosen / rejected
+    messages: str | None = None  # a whole dialogue column (`conversations`), exported as it is
     generated: list[str] = field(default_factory=list)  # every generated text column, recipe order
 
     def text_columns(self) -> list[str]:
@@ -94,6 +96,9 @@ def declared(recipe: dict[str, Any]) -> Declared:
             col = st.get("column", "instruction" if kind == "self_instruct" else "persona")
             d.prompt, d.response, d.system = col, None, None  # an instruction without its answer
             d.generated.append(col)
+        elif kind == "conversations":  # whole dialogues: no prompt/response pair
+            d.prompt = d.response = d.system = None
+            d.messages = st.get("output", "messages")
         elif kind == "candidates":
             d.prompt, d.response = st.get("prompt_column", "prompt"), None
             d.system = st.get("system_column") if st.get("system") else None
@@ -107,6 +112,8 @@ def declared(recipe: dict[str, Any]) -> Declared:
                 d.response = st["output"]
         else:
             continue
+        if kind != "conversations":
+            d.messages = None
         d.stage = name
     return d
 

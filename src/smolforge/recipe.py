@@ -571,17 +571,18 @@ def _check_stage_engines(stage_objs: list[Stage], probs: _Problems) -> None:
     from smolforge.context import build_engine
 
     for i, st in enumerate(stage_objs):
-        specs = getattr(st, "engine", None)
-        if specs is None:
-            continue
-        for j, spec in enumerate(specs if isinstance(specs, list) else [specs]):
-            loc = ("stages", i, "engine") + ((j,) if isinstance(specs, list) else ())
-            try:
-                build_engine(spec)
-            except ValidationError as e:
-                probs.add_validation(loc, e, None)
-            except UnknownName as e:
-                probs.add((*loc, "type"), str(e))
+        for field in ("engine", "user_engine"):  # user_engine: the simulated user of `conversations`
+            specs = getattr(st, field, None)
+            if specs is None:
+                continue
+            for j, spec in enumerate(specs if isinstance(specs, list) else [specs]):
+                loc = ("stages", i, field) + ((j,) if isinstance(specs, list) else ())
+                try:
+                    build_engine(spec)
+                except ValidationError as e:
+                    probs.add_validation(loc, e, None)
+                except UnknownName as e:
+                    probs.add((*loc, "type"), str(e))
 
 
 def _reads_rubric(st: Stage) -> bool:

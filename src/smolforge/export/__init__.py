@@ -52,6 +52,24 @@ def to_chat(table: pa.Table, prompt_column: str, response_column: str, system_co
     return pa.table({"id": table.column("id"), "messages": messages})
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def messages_table(table: pa.Table, column: str) -> pa.Table:
+    """Whole dialogues as they are (`conversations`): `id` and `messages`, each row
+    checked to be a list of {role, content} with text content, in TRL's
+    conversational format; a bad row is named by its id."""
+    col = table.column(column)
+    for rid, msgs in zip(table.column("id").to_pylist(), col.to_pylist()):
+        if not isinstance(msgs, list) or not msgs:
+            raise ExportError(f"record {rid}: column {column!r} is not a non-empty list of messages")
+        for k, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise ExportError(f"record {rid}: {column}[{k}] is not a {{role, content}} message "
+                                  f"with role in {', '.join(ROLES)}: {str(m)[:80]}")
+    return pa.table({"id": table.column("id"), "messages": col})
+
+
 def export(
     run_dir: str | Path,
     fmt: str,
@@ -88,7 +106,9 @@ def export(
     table = read_data(run_dir)
     if split is not None:  # the `split` column (split / anneal stages) selects the records
         table = select_split(table, split)
-    if fmt == "chat":
+    if fmt == "chat" and columns.get("messages"):
+        table = messages_table(table, columns["messages"])
+    elif fmt == "chat":
         table = to_chat(table, prompt_column, response_column, system_column)
     elif fmt in ("dpo", "kto"):  # preference pairs (docs/preference.md)
         from smolforge.export.preference import to_preference

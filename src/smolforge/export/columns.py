@@ -7,6 +7,10 @@ recipe leaves either open (a `generate` with `prompt_column: null` and a templat
 file, a recipe without generation) or the declared column is not in the data, the
 export refuses (`AmbiguousColumns`, exit 2) and names the candidate columns,
 rather than pairing whatever is called `prompt` and `text`.
+
+A chat export of whole dialogues (a `conversations` stage's `messages`, or data
+without a generation stage that has a `messages` column) writes that column as it
+is, checked to be TRL's conversational format, when no column is named.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ def choose_columns(run_dir: str | Path, fmt: str, prompt: str | None = None, res
         named = [c for c in RESPONSE_NAMES if c in names]
         d.response = named[0] if len(named) == 1 else None
     source: dict[str, str] = {}
+    if fmt == "chat" and prompt is None and response is None and system is None:
+        # whole dialogues (a `conversations` stage, or data brought in with a `messages` column)
+        col = d.messages if d.stage is not None else ("messages" if "messages" in names else None)
+        if col is not None:
+            if col not in names:
+                raise AmbiguousColumns(f"chat export of {run_dir}: the messages column {col!r} declared by "
+                                       f"{where} is not in the data (columns: {', '.join(names)})")
+            return {"messages": col, "prompt": None, "response": None, "system": None,
+                    "from": {"messages": where}}
 
     def pick(role: str, given: str | None, default: str | None, flag: str, why: str) -> str:
         if given is not None:
@@ -95,6 +108,6 @@ def choose_columns(run_dir: str | Path, fmt: str, prompt: str | None = None, res
 def describe(columns: dict[str, Any]) -> str:
     """One line for stderr: which column plays which role, and who chose it."""
     src = columns.get("from", {})
-    parts = [f"{role}={columns[role]} ({src.get(role, '?')})" for role in ("prompt", "response", "system")
+    parts = [f"{role}={columns[role]} ({src.get(role, '?')})" for role in ("messages", "prompt", "response", "system")
              if columns.get(role)]
     return "columns: " + ", ".join(parts)
