@@ -230,7 +230,7 @@ class Rate(LLMStage):
         return {"type": "object", "properties": props, "required": list(props)}
 
     def _request(self, prompt: str, seed_parts: tuple, schema: dict[str, Any] | None = None) -> Request:
-        req = Request(messages=[{"role": "user", "content": prompt}], json_schema=schema)
+        req = Request(messages=chat(prompt), json_schema=schema)
         req.max_tokens, req.temperature, req.top_p = self.max_tokens, self.temperature, self.top_p
         req.top_k, req.min_p, req.repeat_penalty, req.stop = self.top_k, self.min_p, self.repeat_penalty, list(self.stop)
         req.seed = derive_seed(*seed_parts) if self.temperature > 0 else 0
