@@ -15,8 +15,9 @@ from conftest import ROOT, smolforge, write_recipe
 
 import smolforge as sf
 from smolforge.report import count_knobs, list_rejects, profile, reason_group, summarize
+from smolforge.report.profile import Diversity
 from smolforge.report.proxy import ProxyCounter, compute_reference, reference
-from smolforge.report.stats import Diversity, histogram
+from smolforge.stats import histogram
 
 DOCS = ROOT / "src" / "smolforge" / "recipes" / "documents"
 HUMANEVAL = ROOT / "tests" / "data" / "humaneval_sample.jsonl"

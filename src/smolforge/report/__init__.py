@@ -1,7 +1,7 @@
 """What a run did, for people: `show`, the HTML report and the dataset card.
 
-- `stats`: figures computed from a run directory (manifest, data, rejects), shared
-  by all three so they always agree;
+- `stats` and `profile`: figures computed from a run directory (manifest, data,
+  rejects), shared by all three so they always agree;
 - `show`: the terminal view; `html`: `smolforge report`; `card`: the Hugging Face
   dataset folder (`export --format hf`) and `smolforge push`;
 - `proxy`: AI proxy-word rates and their real-text reference.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_NAMES = {"summarize": "stats", "profile": "stats", "reason_group": "stats", "count_knobs": "stats",
+_NAMES = {"summarize": "stats", "profile": "profile", "reason_group": "stats", "count_knobs": "stats",
           "list_rejects": "stats", "print_summary": "show", "print_rejects": "show"}
 __all__ = sorted(_NAMES)
 

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from smolforge.report.stats import profile, summarize
+from smolforge.report.profile import profile
+from smolforge.report.stats import summarize
 from smolforge.store import (
     atomic_file,
     atomic_write_bytes,
