@@ -528,6 +528,14 @@ class OpenAIEngine(Engine):
             return data, mode, body
         raise AssertionError("unreachable")  # the loop returns or raises
 
+    def _url(self, kind: str) -> str:
+        return self.base_url + ("/chat/completions" if kind == "chat" else "/completions")
+
+    def _well_formed(self, data: Any) -> bool:
+        """A 200 answer worth parsing (else it is retried as a bad response)."""
+        choices = data.get("choices") if isinstance(data, dict) else None
+        return isinstance(choices, list) and bool(choices) and all(isinstance(c, dict) for c in choices)
+
     def _choices(self, kind: str, data: dict[str, Any]) -> list[Completion]:
         raw = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         total = int((data.get("usage") or {}).get("completion_tokens") or 0)
@@ -549,7 +557,7 @@ class OpenAIEngine(Engine):
         import aiohttp
 
         rt, session, sem, limiter, usage = b.rt, b.session, b.sem, b.limiter, b.usage
-        url = self.base_url + ("/chat/completions" if kind == "chat" else "/completions")
+        url = self._url(kind)
         estimate = 0
         if limiter is not None and limiter.tpm:  # prompt tokens ~ JSON bytes / 4
             estimate = (len(json.dumps(body)) // 4
@@ -569,9 +577,7 @@ class OpenAIEngine(Engine):
                     raw = await r.read()
                     if r.status == 200:
                         data = _json_or_none(raw)
-                        choices = data.get("choices") if isinstance(data, dict) else None
-                        if not isinstance(choices, list) or not choices or not all(
-                                isinstance(c, dict) for c in choices):
+                        if not self._well_formed(data):
                             raise _AttemptError("bad response", _snippet(raw),
                                                 retry=True, unavailable=False)
                         counts = data.get("usage") or {}

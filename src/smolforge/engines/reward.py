@@ -1,31 +1,28 @@
 """A reward model as an engine, so that `rate`'s `method: reward` goes through
 `ctx.generate` like every other LLM call: the response cache, usage counts, and a
-retry of failed requests on the next run.
+retry of failed requests on the next run. It is the `openai` engine's HTTP client
+(concurrency, retries with backoff, Retry-After, fail-fast when the server is down)
+with another path, body and answer.
 
 The protocol is vLLM's pooling API (`vllm serve <reward model> --runner pooling`, e.g.
 Skywork-Reward or internlm2-reward): `POST {url}/pooling` with `{"model", "messages"}`
 (the server applies the model's chat template), answered with
 `{"data": [{"index": 0, "data": <reward>}]}` where the reward is a number, a list (a
 classification head: the last entry) or a list per token (the last token's). Any
-server that answers the same JSON works. A request is the conversation to score,
-its last turn the assistant's; the response's one completion holds the reward as text
+server that answers the same JSON works. A request is the conversation to score, its
+last turn the assistant's; the response's one completion holds the reward as text
 (`float(resp.completions[0].text)`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator
 
-from smolforge.engines.base import Completion, Engine, OnResponse, Request, Response
+from smolforge.engines.base import Completion, Request
+from smolforge.engines.openai import OpenAIEngine
 from smolforge.registry import engines
 
 
@@ -41,59 +38,42 @@ def reward_value(data: Any) -> float:
 
 
 @engines.register
-class RewardEngine(Engine):
+class RewardEngine(OpenAIEngine):
     """A reward model behind vLLM's pooling API (module docstring)."""
 
-    type: Literal["reward"] = "reward"
-    url: str = Field(description="server root, e.g. http://127.0.0.1:8000")
-    model: str
-    endpoint: str = Field("/pooling", description="path under url")
-    api_key_env: str | None = Field(None, description="environment variable holding a bearer token")
-    timeout: float = Field(60, gt=0)
-    concurrency: int = Field(4, ge=1, le=64)
-    retries: int = Field(2, ge=0, le=10)
-
     kind: ClassVar[str] = "reward"
+    type: Literal["reward"] = "reward"  # type: ignore[assignment]
+    base_url: str = Field(validation_alias=AliasChoices("url", "base_url"),
+                          description="server root, e.g. http://127.0.0.1:8000 (`url:`)")
+    endpoint: str = Field("/pooling", description="path under url")  # type: ignore[assignment]
+    timeout: float = Field(60, gt=0, description="seconds per HTTP attempt")
+    concurrency: int = Field(4, ge=1, le=64, description="requests in flight at once")
+    max_retries: int = Field(2, ge=0, le=10, validation_alias=AliasChoices("retries", "max_retries"),
+                             description="retries after the first attempt (`retries:`)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _normalize_url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"url must be an http(s) URL, got {v!r}")
+        return v
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "reward", "url": self.url.rstrip("/"), "endpoint": self.endpoint, "model": self.model}
+        return {"kind": "reward", "url": self.base_url, "endpoint": self.endpoint, "model": self.model}
 
-    def generate(self, requests: Sequence[Request], on_response: OnResponse | None = None) -> list[Response]:
-        out: list[Response] = [Response() for _ in requests]
+    def _endpoint_for(self, req: Request) -> str:
+        return "pooling"
 
-        def one(i: int) -> None:
-            try:
-                value = self._call(requests[i].messages or [])
-                out[i] = Response(completions=[Completion(text=repr(value), finish_reason="stop")])
-            except RuntimeError as e:
-                out[i] = Response(error=str(e))
-            if on_response is not None:
-                on_response(i, out[i])
+    def _body(self, req: Request, kind: str, json_mode: str | None = None) -> dict[str, Any]:
+        return {"model": self.model, "messages": req.messages}
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="smolforge-reward") as pool:
-            list(pool.map(one, range(len(requests))))
-        return out
+    def _url(self, kind: str) -> str:
+        return self.base_url + "/" + self.endpoint.lstrip("/")
 
-    def _call(self, messages: list[dict[str, str]]) -> float:
-        """One reward, with `retries` retries of 5xx, 429 and network errors; the
-        last error, with the URL and the server's answer, as a RuntimeError."""
-        body = json.dumps({"model": self.model, "messages": messages}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key_env and os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
-        url = self.url.rstrip("/") + "/" + self.endpoint.lstrip("/")
-        last = ""
-        for attempt in range(self.retries + 1):
-            try:
-                req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    data = json.loads(r.read())
-                return reward_value(data["data"][0]["data"])
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} from {url}: {e.read()[:200].decode(errors='replace')}"
-                if e.code < 500 and e.code != 429:
-                    break
-            except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-                last = f"{type(e).__name__} from {url}: {e}"
-            time.sleep(min(0.2 * 2**attempt, 2))
-        raise RuntimeError(last)
+    def _well_formed(self, data: Any) -> bool:
+        return isinstance(data, dict) and isinstance(data.get("data"), list) and bool(data["data"])
+
+    def _choices(self, kind: str, data: dict[str, Any]) -> list[Completion]:
+        return [Completion(text=repr(reward_value(data["data"][0]["data"])), finish_reason="stop")]
