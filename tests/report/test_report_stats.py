@@ -15,7 +15,7 @@ from conftest import ROOT, smolforge, write_recipe
 
 import smolforge as sf
 from smolforge.report import count_knobs, list_rejects, profile, reason_group, summarize
-from smolforge.report.profile import Diversity
+from smolforge.report.profiling import Diversity
 from smolforge.report.proxy import ProxyCounter, compute_reference, reference
 from smolforge.stats import histogram
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_NAMES = {"summarize": "stats", "profile": "profile", "reason_group": "stats", "count_knobs": "stats",
+_NAMES = {"summarize": "stats", "profile": "profiling", "reason_group": "stats", "count_knobs": "stats",
           "list_rejects": "stats", "print_summary": "show", "print_rejects": "show"}
 __all__ = sorted(_NAMES)
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from smolforge.report.profile import profile
+from smolforge.report.profiling import profile
 from smolforge.report.stats import summarize
 from smolforge.store import (
     atomic_file,

@@ -3,7 +3,7 @@
 No CDN, no external file: CSS and a few lines of JavaScript are inline, the charts
 are static SVG drawn here, so the file reads offline and in a mail attachment.
 Every figure comes from `report.stats` (`summarize`, what `show --json` prints) and
-`report.profile` (`profile`, the rest); each funnel and reject figure carries a `data-fig` attribute
+`report.profiling` (`profile`, the rest); each funnel and reject figure carries a `data-fig` attribute
 naming it, which is how the browser test compares the page with `show --json`.
 The sample browser (records and rejects, filterable by kind, stage and rule) is the
 only script; record text is inserted with `textContent`, never as HTML.
@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from smolforge.report.profile import profile
+from smolforge.report.profiling import profile
 from smolforge.report.stats import summarize
 from smolforge.store import atomic_write_bytes
 

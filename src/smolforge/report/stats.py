@@ -1,7 +1,7 @@
 """Figures about a run, computed from its directory (manifest, data, rejects):
 `summarize` is what `show` prints (and `show --json` emits): stages, the funnel,
 rejects by stage and rule, knobs, teachers and their licences; `list_rejects`.
-`report.profile` adds what the HTML report and the dataset card show. Both read the
+`report.profiling` adds what the HTML report and the dataset card show. Both read the
 data batch by batch, so memory stays bounded for big runs.
 """
 

@@ -142,7 +142,7 @@ def test_pairs_stage_in_a_run_counts_reasons_and_summary(tmp_path):
     assert sum(s["rejected_score_hist"].values()) == 2
     assert s["teacher_wins"]["big"] == {"chosen": 1, "rejected": 1, "win_rate": 0.5}
     # show, report and card describe the pairs by chosen and rejected, not by a `text` column
-    from smolforge.report.profile import profile
+    from smolforge.report.profiling import profile
     from smolforge.report.stats import summarize
 
     prof = profile(run.path, tokenizer="approx")
