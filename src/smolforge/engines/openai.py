@@ -168,6 +168,7 @@ class OpenAIEngine(Engine):
     """Talks to any server that speaks the OpenAI chat/completions API."""
 
     kind: ClassVar[str] = "openai"
+    bare_host_path: ClassVar[str] = "/v1"  # appended to a base_url without a path
     type: Literal["openai"] = "openai"
     base_url: str = Field(
         "http://127.0.0.1:8000/v1",
@@ -226,7 +227,7 @@ class OpenAIEngine(Engine):
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"base_url must be an http(s) URL, got {v!r}")
-        return v if parts.path else v + "/v1"
+        return v if parts.path else v + cls.bare_host_path
 
     # ---- identity, cost, usage ------------------------------------------------
 

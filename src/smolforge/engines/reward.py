@@ -17,9 +17,8 @@ last turn the assistant's; the response's one completion holds the reward as tex
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
 from smolforge.engines.base import Completion, Request
 from smolforge.engines.openai import OpenAIEngine
@@ -42,6 +41,7 @@ class RewardEngine(OpenAIEngine):
     """A reward model behind vLLM's pooling API (module docstring)."""
 
     kind: ClassVar[str] = "reward"
+    bare_host_path: ClassVar[str] = ""  # `url` is the server root
     type: Literal["reward"] = "reward"  # type: ignore[assignment]
     base_url: str = Field(validation_alias=AliasChoices("url", "base_url"),
                           description="server root, e.g. http://127.0.0.1:8000 (`url:`)")
@@ -50,15 +50,6 @@ class RewardEngine(OpenAIEngine):
     concurrency: int = Field(4, ge=1, le=64, description="requests in flight at once")
     max_retries: int = Field(2, ge=0, le=10, validation_alias=AliasChoices("retries", "max_retries"),
                              description="retries after the first attempt (`retries:`)")
-
-    @field_validator("base_url")
-    @classmethod
-    def _normalize_url(cls, v: str) -> str:
-        v = v.strip().rstrip("/")
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url must be an http(s) URL, got {v!r}")
-        return v
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "reward", "url": self.base_url, "endpoint": self.endpoint, "model": self.model}
